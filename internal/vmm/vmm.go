@@ -37,6 +37,11 @@ type Spec struct {
 	SerialLog string
 	// RunAsUID/RunAsGID, when non-zero, drop the VMM's privileges.
 	RunAsUID, RunAsGID int
+	// CID is the guest's vsock context id (>= 3) for drivers whose agent
+	// channel is vsock. Zero lets the driver derive one from Name; the
+	// daemon, which knows every running VM, should pass a unique one. The
+	// chosen CID is returned in Handle.CID.
+	CID uint32
 }
 
 // Disk is a block device given to the guest, in order (vda, vdb, ...).
@@ -104,4 +109,11 @@ type Driver interface {
 	Stop(ctx context.Context, h Handle, grace time.Duration) error
 	// Kill ends the VMM at once with SIGKILL and waits for it to be gone.
 	Kill(ctx context.Context, h Handle) error
+}
+
+// Finder is implemented by drivers that can find a VMM they started from
+// its runtime directory alone. Reconcile uses it for a VMM whose handle was
+// never recorded: a daemon killed between Start and writing handles.json.
+type Finder interface {
+	Find(dir string) (Handle, bool)
 }

@@ -19,6 +19,12 @@ const (
 	// to the serial port, and echoed by the agent before yamux starts. It lets
 	// the agent throw away any bytes of an earlier, dead session.
 	SerialHello = "KILN-HELLO-1\n"
+	// SerialReset is written by the agent each time it opens the port, before
+	// it waits for a hello. A host still holding a session from before an
+	// agent restart reads it as a broken yamux frame, drops the session and
+	// reconnects at once (instead of after keep-alive timeouts); a host
+	// waiting for the hello echo skips it like any stale byte.
+	SerialReset = "KILN-RESET-1\n"
 )
 
 // Files in the initramfs. The base initramfs holds the modules; the per-VM
@@ -31,6 +37,10 @@ const (
 	// root (a tmpfs) before switch_root, so the image's service manager can
 	// start the service-mode agent without the image carrying a binary.
 	AgentRunPath = "/run/kiln/kiln-agent"
+	// RunConfigPath is where the init-mode agent copies the config inside
+	// the new root (next to AgentRunPath); it is the default --config of
+	// `kiln-agent service`.
+	RunConfigPath = "/run/kiln/vm.json"
 	// ImageAgentPath is where image builders inject the agent binary.
 	ImageAgentPath = "/usr/local/lib/kiln/kiln-agent"
 	// SystemdUnitPath is the unit image builders inject for images whose

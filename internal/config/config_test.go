@@ -1,0 +1,68 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kilnvm/kiln/internal/api"
+)
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLayers(t *testing.T) {
+	p := write(t, "vcpus = 4\nmemory_mib = 2048\nstop_timeout = \"30s\"\nstate_dir = \"/srv/kiln\"\n")
+	cfg, err := Load(p, []string{"KILN_VCPUS=8", "KILN_RUN_DIR=/tmp/r", "UNRELATED=1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.VCPUs != 8 || cfg.MemoryMiB != 2048 || cfg.StopTimeout.Duration != 30*time.Second || cfg.StateDir != "/srv/kiln" || cfg.RunDir != "/tmp/r" {
+		t.Fatalf("layers not applied in order: %+v", cfg)
+	}
+	if cfg.SocketPath() != "/tmp/r/kiln.sock" || cfg.Layout().Database() != "/srv/kiln/kiln.db" {
+		t.Fatalf("derived paths: %s %s", cfg.SocketPath(), cfg.Layout().Database())
+	}
+	if cfg.VMM != "auto" || cfg.DefaultImage != "debian" {
+		t.Fatalf("defaults lost: %+v", cfg)
+	}
+}
+
+func TestBadConfigIsRefused(t *testing.T) {
+	cases := map[string]struct {
+		file string
+		env  []string
+	}{
+		"unknown key":      {"vcpu = 2\n", nil},
+		"bad toml":         {"vcpus = \n", nil},
+		"bad vmm":          {"vmm = \"xen\"\n", nil},
+		"bad accel":        {"accel = \"hvf\"\n", nil},
+		"too few cpus":     {"vcpus = 0\n", nil},
+		"little memory":    {"memory_mib = 16\n", nil},
+		"relative dir":     {"state_dir = \"var/lib\"\n", nil},
+		"bad level":        {"log_level = \"loud\"\n", nil},
+		"bad env number":   {"", []string{"KILN_VCPUS=many"}},
+		"bad env duration": {"", []string{"KILN_STOP_TIMEOUT=soon"}},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Load(write(t, c.file), c.env); !errors.Is(err, api.ErrBadRequest) {
+				t.Fatalf("want bad_request, got %v", err)
+			}
+		})
+	}
+}
+
+func TestMissingFiles(t *testing.T) {
+	if _, err := Load(filepath.Join(t.TempDir(), "nope.toml"), nil); err == nil {
+		t.Fatal("an explicitly named missing file must be an error")
+	}
+}

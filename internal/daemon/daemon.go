@@ -1,0 +1,228 @@
+// Package daemon is kiln's composition root: it opens the store, picks the
+// VMM driver and disk backend, reconciles what survived a restart, and
+// serves the HTTP API on the Unix socket. Only internal/cli imports it.
+// See ARCHITECTURE.md beside this file for the subsystems and lock order.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/kilnvm/kiln/internal/config"
+	"github.com/kilnvm/kiln/internal/daemon/opstate"
+	"github.com/kilnvm/kiln/internal/disk"
+	"github.com/kilnvm/kiln/internal/image"
+	"github.com/kilnvm/kiln/internal/kernel"
+	"github.com/kilnvm/kiln/internal/paths"
+	"github.com/kilnvm/kiln/internal/store"
+	"github.com/kilnvm/kiln/internal/system"
+	"github.com/kilnvm/kiln/internal/vmm"
+	"github.com/kilnvm/kiln/internal/vmm/qemu"
+)
+
+// Version is the kiln version, set at build time with -ldflags.
+var Version = "dev"
+
+// Daemon owns kiln's state on this host.
+type Daemon struct {
+	// Immutable after Open.
+	cfg       config.Config
+	layout    paths.Layout
+	logger    *slog.Logger
+	runner    system.Runner
+	store     *store.Store
+	kernels   *kernel.Store
+	images    *image.Store
+	disks     disk.Backend
+	driver    vmm.Driver
+	agentPath string
+	ops       *opstate.Registry
+	listener  net.Listener
+	server    *http.Server
+
+	// Locks, outermost first: vmLocks[id] → {createVMMu, imageOpsMu} → the
+	// leaves (ops, guests, vmLocks.mu). See ARCHITECTURE.md.
+	vmLocks    vmLockSet
+	createVMMu sync.Mutex // serialises name reservation of VM creates
+	imageOpsMu sync.Mutex // serialises image and kernel registry changes
+	guests     guestPool  // owns its own leaf lock
+
+	closeOnce sync.Once
+	stopBg    context.CancelFunc
+	bgDone    sync.WaitGroup
+}
+
+// Options are the daemon's dependencies beyond its configuration.
+type Options struct {
+	Logger *slog.Logger
+	Runner system.Runner
+}
+
+// Open prepares the daemon: directories, store, drivers, reconcile, and the
+// API socket. It does not serve yet.
+func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.SlogLevel()}))
+	}
+	if opts.Runner == nil {
+		opts.Runner = system.ExecRunner{}
+	}
+	l := cfg.Layout()
+	for _, dir := range []string{l.StateDir, l.RunDir, l.CacheDir, l.KernelsDir(), l.ImagesDir(), filepath.Join(l.StateDir, "vms"), filepath.Join(l.RunDir, "vm")} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	agentPath, err := FindAgent(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, layout: l, logger: opts.Logger, runner: opts.Runner, agentPath: agentPath,
+		ops: opstate.New(time.Now, 15*time.Minute)}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if d.store, err = store.Open(ctx, l.Database()); err != nil {
+		return nil, err
+	}
+	d.kernels = kernel.NewStore(l.KernelsDir(), d.runner, d.logger)
+	if d.images, err = image.NewStore(l.ImagesDir(), d.runner, d.logger, agentPath); err != nil {
+		return nil, err
+	}
+	var probes []disk.ProbeResult
+	d.disks, probes = disk.Choose(ctx, filepath.Join(l.StateDir, "vms"), disk.Reflink{}, disk.SparseCopy{})
+	if d.disks == nil {
+		return nil, fmt.Errorf("no disk backend works in %s: %v", l.StateDir, probes)
+	}
+	if d.driver, err = pickDriver(ctx, cfg, d.logger); err != nil {
+		return nil, err
+	}
+	f := d.driver.Features()
+	d.logger.Info("kiln daemon starting", "version", Version, "state_dir", l.StateDir, "vmm", d.driver.Name(),
+		"accel", f.Accel, "channel", f.Channel, "disk_backend", d.disks.Name(), "agent", agentPath)
+	if f.AccelNote != "" {
+		d.logger.Warn(f.AccelNote)
+	}
+	if err := d.reconcile(ctx); err != nil {
+		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	if d.listener, err = listen(ctx, cfg.SocketPath(), cfg.SocketGroup, d.logger); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// pickDriver chooses the VMM. Firecracker is not built yet; asking for it
+// is an explicit error rather than a silent fallback.
+func pickDriver(ctx context.Context, cfg config.Config, logger *slog.Logger) (vmm.Driver, error) {
+	switch cfg.VMM {
+	case "firecracker":
+		return nil, fmt.Errorf("vmm \"firecracker\" is not available in this kiln build yet; use \"qemu\" or \"auto\"")
+	}
+	d := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Logger: logger})
+	if err := d.Probe(ctx); err != nil {
+		return nil, fmt.Errorf("qemu driver: %w", err)
+	}
+	return d, nil
+}
+
+// FindAgent locates the kiln-agent binary injected into guests.
+func FindAgent(cfg config.Config) (string, error) {
+	cands := []string{}
+	if cfg.AgentPath != "" {
+		cands = append(cands, cfg.AgentPath)
+	} else {
+		if exe, err := os.Executable(); err == nil {
+			cands = append(cands, filepath.Join(filepath.Dir(exe), "kiln-agent"))
+		}
+		cands = append(cands, "/usr/local/lib/kiln/kiln-agent", "/usr/lib/kiln/kiln-agent")
+	}
+	for _, c := range cands {
+		if st, err := os.Stat(c); err == nil && st.Mode().IsRegular() {
+			return c, nil
+		}
+	}
+	return "", fmt.Errorf("kiln-agent binary not found (looked in %v); build it with `make build` or set agent_path", cands)
+}
+
+// Serve answers API requests until ctx ends or Close is called.
+func (d *Daemon) Serve(ctx context.Context) error {
+	if err := os.WriteFile(d.layout.PIDFile(), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		d.logger.Warn("cannot write pid file", "err", err)
+	}
+	bg, stop := context.WithCancel(ctx)
+	d.stopBg = stop
+	d.bgDone.Add(1)
+	go func() {
+		defer d.bgDone.Done()
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-bg.Done():
+				return
+			case <-t.C:
+				d.ops.Prune()
+			}
+		}
+	}()
+	d.server = &http.Server{
+		Handler:           d.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey, peerOf(c))
+		},
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- d.server.Serve(d.listener) }()
+	d.logger.Info("serving", "socket", d.cfg.SocketPath())
+	select {
+	case <-ctx.Done():
+		return d.Close()
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// Close stops serving. Running VMs keep running: their VMMs are detached,
+// and the next daemon finds them again through reconcile.
+func (d *Daemon) Close() error {
+	var err error
+	d.closeOnce.Do(func() {
+		if d.stopBg != nil {
+			d.stopBg()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if d.server != nil {
+			_ = d.server.Shutdown(ctx)
+		} else if d.listener != nil {
+			d.listener.Close()
+		}
+		d.ops.CancelAll(ctx)
+		d.bgDone.Wait()
+		d.guests.closeAll()
+		if d.store != nil {
+			err = d.store.Close()
+		}
+		if d.listener != nil {
+			_ = os.Remove(d.cfg.SocketPath())
+			_ = os.Remove(d.layout.PIDFile())
+		}
+	})
+	return err
+}
