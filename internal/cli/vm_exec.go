@@ -196,8 +196,8 @@ func newVMSSHCmd(e *env) *cobra.Command {
 
 func newVMRunCmd(e *env) *cobra.Command {
 	var (
-		cf        createFlags
-		f         execFlags
+		cf         createFlags
+		f          execFlags
 		rm, detach bool
 	)
 	cmd := &cobra.Command{
