@@ -13,6 +13,7 @@ echo
 $kiln kernel show debian >/dev/null 2>&1 || $kiln kernel pull debian
 $kiln image show debian >/dev/null 2>&1 || $kiln image build debian --debootstrap bookworm --kernel debian
 echo
+guest=$($kiln vm run --rm -- uname -a)
+echo
 echo "host:  $(uname -a)"
-echo -n "guest: "
-$kiln vm run --rm -- uname -a
+echo "guest: $guest"

@@ -43,13 +43,21 @@ func (e *env) follow(ctx context.Context, c *client.Client, op api.Operation) (a
 			if tty {
 				fmt.Fprintf(e.stderr, "\r\x1b[K  %s %s%s %s\n", mark, s.Name, e.dim(detail), e.dim(fmtDur(s.Duration)))
 			} else if !e.jsonOut {
-				fmt.Fprintf(e.stderr, "%s: %s%s %s\n", op.Kind, s.Name, detail, fmtDur(s.Duration))
+				fmt.Fprintf(e.stderr, "%s: %s %s in %s\n", op.Kind, s.Name, map[bool]string{true: "done", false: "failed"}[mark == "✓"], fmtDur(s.Duration))
 			}
 		}
-		current = nil
 		if printed < len(op.Stages) {
 			s := op.Stages[printed]
+			if !tty && !e.jsonOut && (current == nil || current.Name != s.Name) {
+				detail := ""
+				if s.Detail != "" {
+					detail = " (" + s.Detail + ")"
+				}
+				fmt.Fprintf(e.stderr, "%s: %s%s...\n", op.Kind, s.Name, detail)
+			}
 			current = &s
+		} else {
+			current = nil
 		}
 		render(op.State != api.OpRunning)
 	}
