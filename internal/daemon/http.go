@@ -169,6 +169,15 @@ func opID(ctx context.Context) string {
 	return id
 }
 
+// log is the daemon's logger with the request's operation id, so every
+// line about one request can be found by its op_id.
+func (d *Daemon) log(ctx context.Context) *slog.Logger {
+	if id := opID(ctx); id != "" {
+		return d.logger.With("op_id", id)
+	}
+	return d.logger
+}
+
 // listen opens the API socket: 0660, group kiln if that group exists,
 // refusing to steal the socket of a daemon that still answers.
 func listen(ctx context.Context, path, group string, logger *slog.Logger) (net.Listener, error) {

@@ -408,7 +408,7 @@ func (d *Daemon) StartVM(ctx context.Context, ref string) (api.VM, error) {
 		var undo undoStack
 		defer func() {
 			if err != nil {
-				_ = undo.run(ctx, d.logger)
+				_ = undo.run(ctx, d.log(ctx))
 				_ = d.store.SetVMState(context.WithoutCancel(ctx), v.ID, api.StateStopped, err.Error())
 			}
 		}()
@@ -439,7 +439,7 @@ func (d *Daemon) StopVM(ctx context.Context, ref string) (api.VM, error) {
 			if gc, err := d.guests.get(v.ID, h, d.layout.VMDir(v.ID), d.logger); err == nil {
 				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				if err := gc.Poweroff(pctx); err != nil {
-					d.logger.Info("guest poweroff request failed; the driver escalates", "vm", v.Name, "err", err)
+					d.log(ctx).Info("guest poweroff request failed; the driver escalates", "vm", v.Name, "err", err)
 				}
 				cancel()
 			}
@@ -528,7 +528,7 @@ func (d *Daemon) destroyLocked(ctx context.Context, v store.VM) error {
 		return err
 	}
 	d.vmLocks.forget(v.ID)
-	d.logger.Info("vm deleted", "vm", v.Name, "vm_id", v.ID)
+	d.log(ctx).Info("vm deleted", "vm", v.Name, "vm_id", v.ID)
 	return nil
 }
 

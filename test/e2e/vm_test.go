@@ -243,3 +243,29 @@ func TestCrashMidCreateIsRepaired(t *testing.T) {
 		})
 	}
 }
+
+func TestPTYAndConsoleLog(t *testing.T) {
+	h := setup(t)
+	h.createVM(t, "tty")
+	// -t without a terminal on our side: the guest still gets a PTY (24x80).
+	r := h.mustKiln(t, "vm", "exec", "-t", "tty", "--", "stty", "size")
+	if strings.TrimSpace(r.stdout) != "24 80" {
+		t.Fatalf("PTY size in the guest: %s", r)
+	}
+	r = h.mustKiln(t, "vm", "exec", "tty", "--", "sh", "-c", "test -t 0 && echo tty || echo notty")
+	if strings.TrimSpace(r.stdout) != "notty" {
+		t.Fatalf("exec without -t must not get a terminal: %s", r)
+	}
+	r = h.mustKiln(t, "vm", "logs", "tty")
+	if !strings.Contains(r.stdout, "kiln-agent") {
+		t.Fatalf("console log does not show the agent's boot lines:\n%s", r.stdout)
+	}
+	r = h.mustKiln(t, "vm", "list")
+	if !strings.Contains(r.stdout, "tty") || !strings.Contains(r.stdout, "running") {
+		t.Fatalf("vm list:\n%s", r.stdout)
+	}
+	r = h.mustKiln(t, "--json", "vm", "show", "tty")
+	if !strings.Contains(r.stdout, `"state": "running"`) || !strings.Contains(r.stdout, `"host_key_fingerprint": "SHA256:`) {
+		t.Fatalf("vm show --json:\n%s", r.stdout)
+	}
+}
