@@ -83,7 +83,9 @@ func TestBenchmark(t *testing.T) {
 	row("`kiln vm exec VM -- true` (CLI → daemon → agent) vs an SSH exec on the agent channel in-process", execKiln, execDirect)
 	fmt.Fprintf(&b, "\nWhat the kiln side adds: the CLI process, the create operation (COW disk clone, keys, per-VM initrd), "+
 		"daemon ↔ agent channel set-up, and the VM's deletion for `--rm`. The bare side is `qemu-system-x86_64` with the argv "+
-		"the driver builds, timed from exec until the agent answered an SSH exec of `true`.\n")
+		"the driver builds, timed from exec until the agent answered an SSH exec of `true`.\n\n"+
+		"The exec ratio is dominated by what each `kiln vm exec` process pays once: its own start, a credentials request, "+
+		"the stream upgrade on the daemon socket and a fresh SSH handshake; the in-process baseline reuses one SSH connection.\n")
 	if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
