@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -311,4 +310,3 @@ func newOpsCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-var errNoCommand = errors.New("no command")

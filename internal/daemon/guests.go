@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -158,5 +157,3 @@ func tailFile(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-var _ = context.Background

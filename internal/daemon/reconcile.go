@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"github.com/kilnvm/kiln/internal/api"
-	"github.com/kilnvm/kiln/internal/store"
 )
 
 // reconcile makes the store agree with the host after a restart or crash:
@@ -66,5 +65,3 @@ func (d *Daemon) removeOrphans(known map[string]bool) error {
 	}
 	return errors.Join(errs...)
 }
-
-var _ = store.VM{}
