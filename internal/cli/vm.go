@@ -309,4 +309,3 @@ func newOpsCmd(e *env) *cobra.Command {
 	})
 	return cmd
 }
-
