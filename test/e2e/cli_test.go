@@ -17,21 +17,32 @@ import (
 func TestNoDaemonNonRootSaysHowToStartIt(t *testing.T) {
 	h := setup(t)
 	testutil.RequireRoot(t) // to switch to an unprivileged user
-	sock := filepath.Join(t.TempDir(), "none.sock")
-	cmd := exec.Command(filepath.Join(h.bin, "kiln"), "--config", h.config, "--socket", sock, "vm", "list")
-	cmd.Env = h.env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	ee, ok := err.(*exec.ExitError)
-	if !ok || ee.ExitCode() != api.ClassUnavailable.ExitCode() {
-		t.Fatalf("want exit %d, got %v; stderr: %s", api.ClassUnavailable.ExitCode(), err, stderr.String())
+	asNobody := func(sock string) (int, string) {
+		cmd := exec.Command(filepath.Join(h.bin, "kiln"), "--config", h.config, "--socket", sock, "vm", "list")
+		cmd.Env = h.env
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("want a failure, got %v; stderr: %s", err, stderr.String())
+		}
+		return ee.ExitCode(), stderr.String()
 	}
-	if !strings.Contains(stderr.String(), "not running") || !strings.Contains(stderr.String(), "hint:") {
-		t.Fatalf("no explanation or hint: %s", stderr.String())
+
+	sock := filepath.Join(h.root, "none.sock")
+	code, stderr := asNobody(sock)
+	if code != api.ClassUnavailable.ExitCode() || !strings.Contains(stderr, "not running") || !strings.Contains(stderr, "hint:") {
+		t.Fatalf("no daemon: exit %d, stderr: %s", code, stderr)
 	}
 	if exists(sock) {
 		t.Fatal("a non-root caller started a daemon")
+	}
+
+	// The real socket of the harness is root's (no kiln group here).
+	code, stderr = asNobody(filepath.Join(t.TempDir(), "private", "kiln.sock"))
+	if code != api.ClassPermissionDenied.ExitCode() || !strings.Contains(stderr, "kiln group") {
+		t.Fatalf("no permission: exit %d, stderr: %s", code, stderr)
 	}
 }

@@ -83,6 +83,10 @@ func newHarness(t *testing.T) (*harness, error) {
 	if err != nil {
 		return nil, err
 	}
+	// World-readable, so tests can run the CLI as an unprivileged user.
+	if err := os.Chmod(root, 0o755); err != nil {
+		return nil, err
+	}
 	h := &harness{root: root, bin: filepath.Join(root, "bin"), config: filepath.Join(root, "config.toml")}
 	shared = h // so TestMain tears down whatever got made, even on failure
 	mod, err := moduleRoot()

@@ -66,6 +66,10 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 			return api.Hinted(fmt.Errorf("kiln daemon is not running (no answer on %s): %w", c.socket, api.ErrUnavailable),
 				"start it with `sudo kiln daemon`, or run kiln as root to have it started for you")
 		}
+		if errors.Is(err, syscall.EACCES) {
+			return api.Hinted(fmt.Errorf("no permission to use the kiln socket %s: %w", c.socket, api.ErrPermissionDenied),
+				"ask root to add you to the kiln group (`usermod -aG kiln $USER`), then log in again")
+		}
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
