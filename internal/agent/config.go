@@ -84,6 +84,7 @@ func ParseConfig(data []byte) (proto.VMConfig, error) {
 			bad("env entry %q: want NAME=VALUE", kv)
 		}
 	}
+	errs = append(errs, checkNetwork(cfg.Network)...)
 	if len(errs) > 0 {
 		return cfg, fmt.Errorf("%s: %w", strings.Join(errs, "; "), api.ErrBadRequest)
 	}

@@ -101,6 +101,16 @@ func (in *initMode) run() error {
 	}
 	in.printf("root %s (%s) mounted after %.2fs", cfg.RootDevice, cfg.RootFSType, time.Since(in.start).Seconds())
 
+	if cfg.Network != nil {
+		t := time.Now()
+		nctx, cancel := context.WithTimeout(context.Background(), nicTimeout)
+		if err := ConfigureNetwork(nctx, *cfg.Network, NewRoot); err != nil {
+			in.printf("warning: network: %v", err)
+		} else {
+			in.printf("network %s via %s up in %.2fs", cfg.Network.Address, cfg.Network.Gateway, time.Since(t).Seconds())
+		}
+		cancel()
+	}
 	d, err := DecideInit(cfg.Init, NewRoot)
 	if err != nil {
 		return err

@@ -55,17 +55,54 @@ func RunService(ctx context.Context, opts ServiceOptions) error {
 	if err != nil {
 		return err
 	}
-	switch cfg.Channel {
-	case ChannelVsock:
-		return ServeVsock(ctx, srv.ServeConn, log)
-	default:
-		s := &SerialServer{
-			Open:   VirtioPortOpener("/sys/class/virtio-ports", "/dev", proto.SerialPortName),
-			Serve:  srv.ServeConn,
-			Logger: log,
+	_, portErr := FindVirtioPort("/sys/class/virtio-ports", proto.SerialPortName)
+	var servers []func(context.Context) error
+	for _, ch := range ChannelsToServe(cfg.Channel, portErr == nil) {
+		switch ch {
+		case ChannelVsock:
+			servers = append(servers, func(ctx context.Context) error { return ServeVsock(ctx, srv.ServeConn, log) })
+		default:
+			s := &SerialServer{
+				Open:   VirtioPortOpener("/sys/class/virtio-ports", "/dev", proto.SerialPortName),
+				Serve:  srv.ServeConn,
+				Logger: log,
+			}
+			servers = append(servers, s.Run)
 		}
-		return s.Run(ctx)
 	}
+	return runAll(ctx, servers)
+}
+
+// ChannelsToServe decides which control channels the agent serves: the
+// configured one, and also the virtio-serial port when the VM has one. A
+// VM configured for vsock whose VMM gives it a serial port instead (the
+// Firecracker API emulator, which boots with QEMU and bridges hybrid vsock
+// to the serial port) is then still reachable.
+func ChannelsToServe(configured string, serialPortPresent bool) []string {
+	if configured != ChannelVsock {
+		return []string{ChannelSerial}
+	}
+	if serialPortPresent {
+		return []string{ChannelVsock, ChannelSerial}
+	}
+	return []string{ChannelVsock}
+}
+
+// runAll runs every server until ctx ends or one of them returns; it then
+// stops the others and returns the first error.
+func runAll(ctx context.Context, servers []func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { errs <- s(ctx) }()
+	}
+	first := <-errs
+	cancel()
+	for range len(servers) - 1 {
+		<-errs
+	}
+	return first
 }
 
 // NewSSHServer builds the agent's SSH server from the per-VM config.

@@ -53,3 +53,38 @@ func serviceHelper(t *testing.T) {
 	}
 	fmt.Println("HELPER OK")
 }
+
+func TestChannelsToServe(t *testing.T) {
+	for _, tc := range []struct {
+		configured string
+		port       bool
+		want       string
+	}{
+		{ChannelSerial, true, "serial"},
+		{ChannelSerial, false, "serial"},
+		{ChannelVsock, false, "vsock"},
+		{ChannelVsock, true, "vsock,serial"},
+	} {
+		got := strings.Join(ChannelsToServe(tc.configured, tc.port), ",")
+		if got != tc.want {
+			t.Errorf("ChannelsToServe(%q, %v) = %s, want %s", tc.configured, tc.port, got, tc.want)
+		}
+	}
+}
+
+func TestRunAllStopsTheOthers(t *testing.T) {
+	boom := errors.New("boom")
+	stopped := make(chan struct{})
+	err := runAll(context.Background(), []func(context.Context) error{
+		func(ctx context.Context) error { <-ctx.Done(); close(stopped); return ctx.Err() },
+		func(context.Context) error { return boom },
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("runAll = %v, want boom", err)
+	}
+	select {
+	case <-stopped:
+	default:
+		t.Fatal("the other server was not stopped")
+	}
+}

@@ -27,6 +27,22 @@ type VM struct {
 	LastError string    `json:"last_error,omitempty"`
 	// HostKeyFingerprint is the SHA256 fingerprint of the guest's SSH host key.
 	HostKeyFingerprint string `json:"host_key_fingerprint,omitempty"`
+	// Workspace is the host repository copied into the VM, if any
+	// (GET /v1/vms/NAME only).
+	Workspace *Workspace `json:"workspace,omitempty"`
+	// Address is the guest's IPv4 address when the daemon's network is on;
+	// DNSName resolves to it through kiln's DNS server.
+	Address string `json:"address,omitempty"`
+	DNSName string `json:"dns_name,omitempty"`
+}
+
+// Workspace records a host git repository copied into a VM
+// (`kiln vm workspace prepare`); `vm exec` runs in GuestPath by default.
+type Workspace struct {
+	HostPath   string `json:"host_path"`   // the repository's top directory on the host
+	GuestPath  string `json:"guest_path"`  // its directory in the guest
+	HeadCommit string `json:"head_commit"` // the commit the guest's history starts at
+	Branch     string `json:"branch,omitempty"`
 }
 
 // CreateVMRequest asks for a new VM. Zero values take the daemon's defaults.
@@ -38,6 +54,9 @@ type CreateVMRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	// NoStart creates the VM's disks and record without booting it.
 	NoStart bool `json:"no_start,omitempty"`
+	// NoNAT keeps the VM off NAT (it reaches the host and other VMs only)
+	// when the daemon's network is on.
+	NoNAT bool `json:"no_nat,omitempty"`
 }
 
 // SSHCredentials let a client speak SSH to a VM's agent through the
@@ -83,6 +102,52 @@ type Image struct {
 	HasSystemd bool      `json:"has_systemd"`
 	Kernel     string    `json:"kernel,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
+	// Digest is the manifest digest of an image pulled from a registry.
+	Digest string `json:"digest,omitempty"`
+	// Config is a pulled OCI image's runtime config.
+	Config *ImageConfig `json:"config,omitempty"`
+}
+
+// ImageConfig is how an OCI image's processes run, from its config.
+type ImageConfig struct {
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+}
+
+// PullImageRequest pulls an OCI image (Ref is a reference such as
+// "debian:bookworm", or the name of a catalog image) into the image Name
+// (default: the catalog name, or one derived from the reference).
+type PullImageRequest struct {
+	Ref    string `json:"ref"`
+	Name   string `json:"name,omitempty"`
+	Kernel string `json:"kernel,omitempty"`
+	Size   string `json:"size,omitempty"`
+}
+
+// CatalogImage is an entry of the image catalog embedded in kiln.
+type CatalogImage struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	// Source is "oci:<ref>" or "debootstrap:<suite>".
+	Source string `json:"source"`
+	Kernel string `json:"kernel,omitempty"`
+	// Present is true when an image of that name exists.
+	Present bool `json:"present"`
+}
+
+// PruneCacheRequest empties the OCI blob cache.
+type PruneCacheRequest struct {
+	DryRun bool `json:"dry_run,omitempty"`
+}
+
+// PruneCacheResult says what a prune freed (or would free).
+type PruneCacheResult struct {
+	Blobs  int   `json:"blobs"`
+	Bytes  int64 `json:"bytes"`
+	DryRun bool  `json:"dry_run"`
 }
 
 // ImportImageRequest imports an image from a host directory; a tarball is

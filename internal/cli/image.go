@@ -121,12 +121,16 @@ func newImageCmd(e *env) *cobra.Command {
 	buildCmd.Flags().StringVar(&build.Kernel, "kernel", "", "kernel VMs of this image boot by default")
 	buildCmd.Flags().StringVar(&build.Size, "size", "", "filesystem size (default: content + headroom)")
 
+	var available bool
 	listCmd := &cobra.Command{
-		Use: "list", Aliases: []string{"ls"}, Short: "List images", Args: cobra.NoArgs,
+		Use: "list [--available]", Aliases: []string{"ls"}, Short: "List images (--available: the catalog)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := e.client(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if available {
+				return e.listCatalog(cmd.Context(), c)
 			}
 			is, err := c.ListImages(cmd.Context())
 			if err != nil {
@@ -171,7 +175,8 @@ func newImageCmd(e *env) *cobra.Command {
 			return e.forEachVM(cmd.Context(), args, c.DeleteImage)
 		},
 	}
-	cmd.AddCommand(importCmd, buildCmd, listCmd, showCmd, rmCmd)
+	listCmd.Flags().BoolVar(&available, "available", false, "list the images kiln can pull or build by name")
+	cmd.AddCommand(importCmd, buildCmd, listCmd, showCmd, rmCmd, newImagePullCmd(e), newImageCacheCmd(e))
 	return cmd
 }
 

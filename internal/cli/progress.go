@@ -24,7 +24,11 @@ func (e *env) follow(ctx context.Context, c *client.Client, op api.Operation) (a
 			return
 		}
 		if current != nil && !final {
-			fmt.Fprintf(e.stderr, "\r\x1b[K  %s %s %s", spinner(), current.Name, e.dim(fmt.Sprintf("%.1fs", time.Since(current.StartedAt).Seconds())))
+			detail := ""
+			if current.Detail != "" {
+				detail = " " + current.Detail // live progress, e.g. an image pull's layers and bytes
+			}
+			fmt.Fprintf(e.stderr, "\r\x1b[K  %s %s%s %s", spinner(), current.Name, e.dim(detail), e.dim(fmt.Sprintf("%.1fs", time.Since(current.StartedAt).Seconds())))
 		}
 	}
 	progress := func(op api.Operation) {

@@ -23,13 +23,14 @@ func newVMCmd(e *env) *cobra.Command {
 		newVMActionCmd(e, "start", "Boot stopped VMs"),
 		newVMActionCmd(e, "stop", "Shut VMs down cleanly (guest poweroff, then escalate)"),
 		newVMActionCmd(e, "kill", "Stop VMs at once (SIGKILL to the VMM)"),
-		newVMDeleteCmd(e))
+		newVMDeleteCmd(e), newVMWorkspaceCmd(e))
 	return cmd
 }
 
 type createFlags struct {
 	name, image, kernel string
 	vcpus, memory       int
+	noNAT               bool
 }
 
 func (f *createFlags) bind(cmd *cobra.Command) {
@@ -38,6 +39,7 @@ func (f *createFlags) bind(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.kernel, "kernel", "", "kernel to boot (default: the image's, then the configuration's)")
 	cmd.Flags().IntVar(&f.vcpus, "vcpus", 0, "virtual CPUs")
 	cmd.Flags().IntVar(&f.memory, "memory", 0, "memory in MiB")
+	cmd.Flags().BoolVar(&f.noNAT, "no-nat", false, "keep the VM off NAT: it reaches the host and other VMs only (when the daemon's network is on)")
 }
 
 func (f *createFlags) request() (api.CreateVMRequest, error) {
@@ -50,7 +52,7 @@ func (f *createFlags) request() (api.CreateVMRequest, error) {
 	if err := api.ValidateName("VM", name); err != nil {
 		return api.CreateVMRequest{}, err
 	}
-	return api.CreateVMRequest{Name: name, Image: f.image, Kernel: f.kernel, VCPUs: f.vcpus, MemoryMiB: f.memory}, nil
+	return api.CreateVMRequest{Name: name, Image: f.image, Kernel: f.kernel, VCPUs: f.vcpus, MemoryMiB: f.memory, NoNAT: f.noNAT}, nil
 }
 
 // createVM runs a create operation to its end, showing its stages.

@@ -18,6 +18,8 @@ import (
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/api/client"
 	"github.com/kilnvm/kiln/internal/guest"
+	"github.com/kilnvm/kiln/internal/system"
+	"github.com/kilnvm/kiln/internal/workspace"
 )
 
 // daemonDialer opens streams to a VM's agent through the daemon socket.
@@ -71,12 +73,14 @@ func shellQuote(s string) string {
 type execFlags struct {
 	tty, interactive bool
 	env              []string
+	workdir          string // run in this guest directory (vm exec: the workspace's by default)
 }
 
 func (f *execFlags) bind(cmd *cobra.Command) {
 	cmd.Flags().BoolVarP(&f.tty, "tty", "t", false, "allocate a terminal (default: when stdin and stdout are terminals and no command is given)")
 	cmd.Flags().BoolVarP(&f.interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
 	cmd.Flags().StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable (KEY=VALUE) for the command")
+	cmd.Flags().StringVarP(&f.workdir, "workdir", "w", "", "run in this guest directory (default: the VM's workspace, if any)")
 }
 
 func isTerminal(f any) bool {
@@ -93,6 +97,9 @@ func (e *env) runInGuest(ctx context.Context, c *client.Client, name string, com
 	}
 	defer gc.Close()
 	req := guest.ExecRequest{Command: command, Stdout: e.stdout, Stderr: e.stderr}
+	if f.workdir != "" {
+		req.Command = inDir(f.workdir, command)
+	}
 	for _, kv := range f.env {
 		if !strings.Contains(kv, "=") {
 			return 0, api.Errorf(api.ErrBadRequest, "--env %q: want KEY=VALUE", kv)
@@ -153,6 +160,11 @@ func newVMExecCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if !cmd.Flags().Changed("workdir") {
+				if vm, err := c.GetVM(cmd.Context(), args[0]); err == nil && vm.Workspace != nil {
+					f.workdir = vm.Workspace.GuestPath
+				}
+			}
 			code, err := e.runInGuest(cmd.Context(), c, args[0], shellCommand(args[1:]), f)
 			if err != nil {
 				return err
@@ -198,16 +210,28 @@ func newVMRunCmd(e *env) *cobra.Command {
 	var (
 		cf         createFlags
 		f          execFlags
+		pf         prepareFlags
 		rm, detach bool
 	)
 	cmd := &cobra.Command{
-		Use:   "run [--name N] [--image I] [--rm] [-d] [-- COMMAND...]",
+		Use:   "run [--name N] [--image I] [--rm] [-d] [PATH] [-- COMMAND...]",
 		Short: "Create a VM, then open a shell in it or run a command",
 		Long: "Create and boot a VM, then open a shell in it, or run COMMAND in it and exit with its code.\n" +
-			"With --rm the VM is deleted afterwards; with -d it is left running and its name printed.",
+			"With --rm the VM is deleted afterwards; with -d it is left running and its name printed.\n" +
+			"With PATH (a git repository, before --), the repository is first copied into the VM as its workspace\n" +
+			"(see `kiln vm workspace prepare`) and COMMAND runs there.",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if detach && rm {
 				return api.Errorf(api.ErrBadRequest, "--rm and -d do not go together")
+			}
+			path := ""
+			if dash := cmd.ArgsLenAtDash(); dash > 0 {
+				if dash > 1 {
+					return api.Errorf(api.ErrBadRequest, "one PATH before --, got %q", args[:dash])
+				}
+				path, args = args[0], args[1:]
+			} else if dash < 0 && len(args) == 1 && isDir(args[0]) {
+				path, args = args[0], nil
 			}
 			req, err := cf.request()
 			if err != nil {
@@ -217,6 +241,11 @@ func newVMRunCmd(e *env) *cobra.Command {
 			c, err := e.client(ctx)
 			if err != nil {
 				return err
+			}
+			if path != "" {
+				if _, err := workspace.Inspect(ctx, system.ExecRunner{}, path); err != nil {
+					return err // before creating anything
+				}
 			}
 			vm, err := e.createVM(ctx, c, req)
 			if err != nil {
@@ -230,6 +259,14 @@ func newVMRunCmd(e *env) *cobra.Command {
 						e.printError(fmt.Errorf("delete vm %s: %w", vm.Name, err))
 					}
 				}()
+			}
+			if path != "" {
+				if _, err := e.prepareWorkspace(ctx, c, vm.Name, path, pf, false); err != nil {
+					return err
+				}
+				if !cmd.Flags().Changed("workdir") {
+					f.workdir = pf.guestPath
+				}
 			}
 			if detach {
 				if e.jsonOut {
@@ -259,6 +296,7 @@ func newVMRunCmd(e *env) *cobra.Command {
 	}
 	cf.bind(cmd)
 	f.bind(cmd)
+	pf.bind(cmd)
 	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command or shell ends")
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "leave the VM running and print its name")
 	return cmd

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -39,6 +40,8 @@ type Config struct {
 	Accel string `toml:"accel"`
 	// QEMUBinary overrides the qemu-system-x86_64 lookup.
 	QEMUBinary string `toml:"qemu_binary"`
+	// FirecrackerBinary overrides the firecracker lookup on PATH.
+	FirecrackerBinary string `toml:"firecracker_binary"`
 	// AgentPath is the static kiln-agent binary injected into guests;
 	// default: kiln-agent beside the kiln binary, then /usr/local/lib/kiln.
 	AgentPath string `toml:"agent_path"`
@@ -56,6 +59,15 @@ type Config struct {
 	BootTimeout Duration `toml:"boot_timeout"`
 	// SocketGroup, if it exists, owns the API socket (mode 0660).
 	SocketGroup string `toml:"socket_group"`
+	// Network gives VMs a bridge, TAP, address, NAT and DNS name
+	// (internal/network). Off by default.
+	Network bool `toml:"network"`
+	// Bridge, Subnet and DNSZone configure that network.
+	Bridge  string `toml:"bridge"`
+	Subnet  string `toml:"subnet"`
+	DNSZone string `toml:"dns_zone"`
+	// NAT is the default for VMs' outbound NAT (`vm create --no-nat` opts out).
+	NAT bool `toml:"nat"`
 	// Failpoint names a create/delete stage at which the daemon kills itself
 	// with SIGKILL. Test-only: set through KILN_FAILPOINT, never in a file.
 	Failpoint string `toml:"-"`
@@ -88,6 +100,7 @@ func Default() Config {
 		StopTimeout: Duration{10 * time.Second},
 		BootTimeout: Duration{3 * time.Minute},
 		SocketGroup: "kiln",
+		Bridge:      "kiln0", Subnet: "10.231.0.0/24", DNSZone: "vm", NAT: true,
 	}
 }
 
@@ -124,7 +137,7 @@ func (c *Config) applyEnv(env []string) error {
 		"KILN_ACCEL": &c.Accel, "KILN_QEMU_BINARY": &c.QEMUBinary, "KILN_AGENT_PATH": &c.AgentPath,
 		"KILN_DEFAULT_IMAGE": &c.DefaultImage, "KILN_DEFAULT_KERNEL": &c.DefaultKernel,
 		"KILN_KERNEL_CMDLINE": &c.KernelCmdline, "KILN_SOCKET_GROUP": &c.SocketGroup,
-		"KILN_FAILPOINT": &c.Failpoint,
+		"KILN_FAILPOINT": &c.Failpoint, "KILN_FIRECRACKER_BINARY": &c.FirecrackerBinary,
 	}
 	ints := map[string]*int{"KILN_VCPUS": &c.VCPUs, "KILN_MEMORY_MIB": &c.MemoryMiB}
 	durs := map[string]*Duration{"KILN_STOP_TIMEOUT": &c.StopTimeout, "KILN_BOOT_TIMEOUT": &c.BootTimeout}
@@ -174,6 +187,11 @@ func (c Config) Validate() error {
 	}
 	if c.MemoryMiB < 128 {
 		return bad("memory_mib %d: want at least 128", c.MemoryMiB)
+	}
+	if c.Network {
+		if _, err := netip.ParsePrefix(c.Subnet); err != nil {
+			return bad("subnet %q: want an IPv4 prefix such as 10.231.0.0/24", c.Subnet)
+		}
 	}
 	for _, d := range []string{c.StateDir, c.RunDir, c.CacheDir} {
 		if d == "" || d[0] != '/' {

@@ -22,10 +22,12 @@ import (
 	"github.com/kilnvm/kiln/internal/disk"
 	"github.com/kilnvm/kiln/internal/image"
 	"github.com/kilnvm/kiln/internal/kernel"
+	"github.com/kilnvm/kiln/internal/network"
 	"github.com/kilnvm/kiln/internal/paths"
 	"github.com/kilnvm/kiln/internal/store"
 	"github.com/kilnvm/kiln/internal/system"
 	"github.com/kilnvm/kiln/internal/vmm"
+	"github.com/kilnvm/kiln/internal/vmm/firecracker"
 	"github.com/kilnvm/kiln/internal/vmm/qemu"
 )
 
@@ -55,6 +57,9 @@ type Daemon struct {
 	createVMMu sync.Mutex // serialises name reservation of VM creates
 	imageOpsMu sync.Mutex // serialises image and kernel registry changes
 	guests     guestPool  // owns its own leaf lock
+	// net is the VM network (network.go), nil when `network = false`;
+	// it owns its own leaf locks (TAP pool, NAT, DNS records).
+	net *network.Manager
 
 	closeOnce sync.Once
 	stopBg    context.CancelFunc
@@ -97,7 +102,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 		return nil, err
 	}
 	d.kernels = kernel.NewStore(l.KernelsDir(), d.runner, d.logger)
-	if d.images, err = image.NewStore(l.ImagesDir(), d.runner, d.logger, agentPath); err != nil {
+	if d.images, err = image.NewStore(l.ImagesDir(), d.runner, d.logger, agentPath, image.WithCacheDir(filepath.Join(l.CacheDir, "oci"))); err != nil {
 		return nil, err
 	}
 	var probes []disk.ProbeResult
@@ -114,8 +119,14 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	if f.AccelNote != "" {
 		d.logger.Warn(f.AccelNote)
 	}
+	if err := d.openNetwork(ctx); err != nil {
+		return nil, err
+	}
 	if err := d.reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	if err := d.netReconcile(ctx); err != nil {
+		return nil, fmt.Errorf("reconcile network: %w", err)
 	}
 	if d.listener, err = listen(ctx, cfg.SocketPath(), cfg.SocketGroup, d.logger); err != nil {
 		return nil, err
@@ -123,12 +134,20 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	return d, nil
 }
 
-// pickDriver chooses the VMM. Firecracker is not built yet; asking for it
-// is an explicit error rather than a silent fallback.
+// pickDriver chooses the VMM: "firecracker" must probe (its binary, at
+// least firecracker.MinRelease); "auto" takes Firecracker when it probes
+// and KVM is usable (see pickVMM), else QEMU.
 func pickDriver(ctx context.Context, cfg config.Config, logger *slog.Logger) (vmm.Driver, error) {
-	switch cfg.VMM {
-	case "firecracker":
-		return nil, fmt.Errorf("vmm \"firecracker\" is not available in this kiln build yet; use \"qemu\" or \"auto\"")
+	if cfg.VMM == "firecracker" || cfg.VMM == "auto" {
+		fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary, Logger: logger})
+		choice := pickVMM(cfg.VMM, fc.Probe(ctx), fc.ProbeKVM())
+		logger.Info("vmm: " + choice.Summary)
+		if choice.Err != nil {
+			return nil, fmt.Errorf("firecracker driver: %w", choice.Err)
+		}
+		if choice.Name == "firecracker" {
+			return fc, nil
+		}
 	}
 	d := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Logger: logger})
 	if err := d.Probe(ctx); err != nil {
@@ -216,6 +235,7 @@ func (d *Daemon) Close() error {
 		d.ops.CancelAll(ctx)
 		d.bgDone.Wait()
 		d.guests.closeAll()
+		_ = d.closeNetwork()
 		if d.store != nil {
 			err = d.store.Close()
 		}

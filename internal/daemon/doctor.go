@@ -14,6 +14,7 @@ import (
 	"github.com/kilnvm/kiln/internal/api/client"
 	"github.com/kilnvm/kiln/internal/config"
 	"github.com/kilnvm/kiln/internal/disk"
+	"github.com/kilnvm/kiln/internal/vmm/firecracker"
 	"github.com/kilnvm/kiln/internal/vmm/qemu"
 )
 
@@ -57,11 +58,29 @@ func Doctor(ctx context.Context, cfg config.Config) []api.Check {
 		}
 		add("qemu", "pass", detail, "")
 	}
-	if p, err := exec.LookPath("firecracker"); err == nil {
-		add("firecracker", "warn", "found at "+p+" but this kiln build drives QEMU only; vmm=auto picks qemu", "")
-	} else {
-		add("firecracker", "warn", "not installed; vmm=auto picks qemu", "the Firecracker driver arrives in a later kiln release")
+	fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary})
+	fcErr, kvmFCErr := fc.Probe(vctx), fc.ProbeKVM()
+	lo, hi := firecracker.TestedRange()
+	switch r, verr := fc.Version(vctx); {
+	case verr != nil:
+		add("firecracker", "warn", "not usable: "+verr.Error(), "install Firecracker >= "+firecracker.MinRelease().String()+" on a KVM host")
+	case fcErr != nil:
+		add("firecracker", "warn", "not usable: "+fcErr.Error(), "install Firecracker >= "+firecracker.MinRelease().String())
+	case r.Less(lo) || hi.Less(r):
+		add("firecracker", "warn", fmt.Sprintf("%s (minimum %s; tested %s-%s)", r, firecracker.MinRelease(), lo, hi),
+			"use a tested Firecracker release, or run the e2e suite against this one (docs/firecracker.md)")
+	default:
+		add("firecracker", "pass", fmt.Sprintf("%s (minimum %s; tested %s-%s)", r, firecracker.MinRelease(), lo, hi), "")
 	}
+	if p, err := exec.LookPath("jailer"); err == nil {
+		add("jailer", "warn", "found at "+p+"; kiln does not launch through the jailer yet (it runs firecracker directly)",
+			"nothing to do; the jailer is not used")
+	}
+	if kvmFCErr != nil {
+		add("firecracker kvm", "warn", "Firecracker cannot run guests here: "+kvmFCErr.Error(),
+			"use a host with hardware virtualisation (kvm_intel or kvm_amd) for Firecracker; QEMU works here")
+	}
+	add("vmm", "pass", pickVMM(cfg.VMM, fcErr, kvmFCErr).Summary, "")
 
 	// Tools used to build kernels and images.
 	tools := []struct{ bin, pkg, why string }{

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/kilnvm/kiln/internal/agent/proto"
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/guest"
 	"github.com/kilnvm/kiln/internal/paths"
@@ -28,7 +29,7 @@ type guestPool struct {
 
 type guestConn struct {
 	handle  vmm.Handle
-	channel *guest.SerialChannel
+	channel guestChannel
 	*guest.Client
 }
 
@@ -39,7 +40,7 @@ func (p *guestPool) get(id string, h vmm.Handle, dir string, logger *slog.Logger
 		return gc, nil
 	}
 	p.mu.Unlock()
-	if h.Channel != vmm.ChannelSerial {
+	if h.Channel != vmm.ChannelSerial && h.Channel != vmm.ChannelHybridVsock {
 		return nil, fmt.Errorf("agent channel %q: %w", h.Channel, api.ErrNotImplemented)
 	}
 	hostPEM, err := os.ReadFile(filepath.Join(dir, paths.VMHostKey))
@@ -58,9 +59,11 @@ func (p *guestPool) get(id string, h vmm.Handle, dir string, logger *slog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("parse client key: %w", err)
 	}
-	ch, err := guest.NewSerialChannel(guest.SerialConfig{SocketPath: h.AgentSocket, Logger: logger})
-	if err != nil {
-		return nil, err
+	var ch guestChannel = hybridVsockChannel{guest.HybridVsock{SocketPath: h.AgentSocket, Port: proto.VsockPort}}
+	if h.Channel == vmm.ChannelSerial {
+		if ch, err = guest.NewSerialChannel(guest.SerialConfig{SocketPath: h.AgentSocket, Logger: logger}); err != nil {
+			return nil, err
+		}
 	}
 	gc := &guestConn{handle: h, channel: ch, Client: guest.NewClient(ch, hostSigner.PublicKey(), signer)}
 	p.mu.Lock()
@@ -78,6 +81,17 @@ func (p *guestPool) get(id string, h vmm.Handle, dir string, logger *slog.Logger
 	p.m[id] = gc
 	return gc, nil
 }
+
+// guestChannel is an agent channel: serial (one multiplexed connection)
+// or hybrid vsock (a connection per stream, nothing to close).
+type guestChannel interface {
+	guest.Dialer
+	Close() error
+}
+
+type hybridVsockChannel struct{ guest.HybridVsock }
+
+func (hybridVsockChannel) Close() error { return nil }
 
 func (gc *guestConn) Close() {
 	gc.Client.Close()

@@ -46,6 +46,7 @@ func (d *Daemon) routes() []route {
 		{"GET " + api.PathVMLogs, read, d.handleVMLogs},
 		{"GET " + api.PathVMSSH, write, d.handleVMSSH},
 		{"POST " + api.PathVMConnect, write, d.handleVMConnect},
+		{"PUT " + api.PathVMWorkspace, write, d.handleSetWorkspace},
 		{"GET " + api.PathOperations, read, d.handleListOps},
 		{"GET " + api.PathOperation, read, d.handleGetOp},
 		{"POST " + api.PathOpCancel, write, d.handleCancelOp},
@@ -58,6 +59,9 @@ func (d *Daemon) routes() []route {
 		{"POST " + api.PathImages, write, d.handleImportImageDir},
 		{"POST " + api.PathImageTar, write, d.handleImportImageTar},
 		{"POST " + api.PathImageBuild, write, d.handleBuildImage},
+		{"POST " + api.PathImagePull, write, d.handlePullImage},
+		{"GET " + api.PathImageCatalog, read, d.handleImageCatalog},
+		{"POST " + api.PathImagePrune, write, d.handlePruneImageCache},
 		{"GET " + api.PathImage, read, d.handleGetImage},
 		{"DELETE " + api.PathImage, write, d.handleDeleteImage},
 	}

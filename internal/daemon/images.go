@@ -12,7 +12,11 @@ import (
 )
 
 func imageToAPI(i image.Image) api.Image {
-	return api.Image{Name: i.Name, Source: i.Source, Size: i.SizeBytes, HasSystemd: i.HasSystemd, Kernel: i.KernelName, CreatedAt: i.Created}
+	out := api.Image{Name: i.Name, Source: i.Source, Size: i.SizeBytes, HasSystemd: i.HasSystemd, Kernel: i.KernelName, CreatedAt: i.Created, Digest: i.Digest}
+	if c := i.Config; c != nil {
+		out.Config = &api.ImageConfig{Env: c.Env, WorkingDir: c.WorkingDir, User: c.User, Entrypoint: c.Entrypoint, Cmd: c.Cmd}
+	}
+	return out
 }
 
 func (d *Daemon) handleListImages(w http.ResponseWriter, r *http.Request) error {

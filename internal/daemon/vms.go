@@ -66,6 +66,7 @@ func (d *Daemon) toAPI(v store.VM) api.VM {
 	out := api.VM{ID: v.ID, Name: v.Name, State: v.State, Image: v.Image, Kernel: v.Kernel,
 		VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB, Driver: v.Driver, CreatedAt: v.CreatedAt,
 		UpdatedAt: v.UpdatedAt, LastError: v.LastError, HostKeyFingerprint: v.HostKeyFP}
+	d.netAddress(context.Background(), &out) // network.go
 	if v.State == api.StateRunning {
 		if h, err := d.readHandle(v.ID); err == nil {
 			out.PID, out.Accel = h.PID, h.Accel
@@ -121,11 +122,11 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (*opstat
 		mu := d.vmLocks.get(rec.ID)
 		mu.Lock()
 		defer mu.Unlock()
-		return d.createLocked(ctx, op, rec, req.NoStart)
+		return d.createLocked(ctx, op, rec, req.NoStart, d.cfg.NAT && !req.NoNAT)
 	}), nil
 }
 
-func (d *Daemon) createLocked(ctx context.Context, op *opstate.Op, rec store.VM, noStart bool) (_ any, err error) {
+func (d *Daemon) createLocked(ctx context.Context, op *opstate.Op, rec store.VM, noStart, nat bool) (_ any, err error) {
 	log := d.logger.With("op_id", op.ID(), "vm", rec.Name, "vm_id", rec.ID)
 	var undo undoStack
 	undo.push("record", func(ctx context.Context) error { return d.store.DeleteVM(ctx, rec.ID) })
@@ -177,6 +178,9 @@ func (d *Daemon) createLocked(ctx context.Context, op *opstate.Op, rec store.VM,
 	if err := d.store.SetVMHostKey(ctx, rec.ID, fp); err != nil {
 		return nil, err
 	}
+	if err := d.netAllocate(ctx, rec, nat, &undo); err != nil { // network.go
+		return nil, err
+	}
 	if noStart {
 		if err := d.store.SetVMState(ctx, rec.ID, api.StateStopped, ""); err != nil {
 			return nil, err
@@ -202,12 +206,16 @@ func (d *Daemon) createLocked(ctx context.Context, op *opstate.Op, rec store.VM,
 // the VM's lock held.
 func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *undoStack) error {
 	dir := d.layout.VMDir(rec.ID)
+	netCfg, nics, err := d.netUp(ctx, op, rec, undo) // network.go; nothing when off
+	if err != nil {
+		return err
+	}
 	d.stage(op, stageConfig, "")
 	k, err := d.kernels.Artifacts(ctx, rec.Kernel)
 	if err != nil {
 		return err
 	}
-	if err := d.writeInitrd(rec, k.Initramfs); err != nil {
+	if err := d.writeInitrd(rec, k.Initramfs, netCfg); err != nil {
 		return err
 	}
 	runDir := d.layout.VMRunDir(rec.ID)
@@ -220,6 +228,7 @@ func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *u
 		Cmdline:   guestCmdline(d.cfg.KernelCmdline),
 		Disks:     []vmm.Disk{{Path: filepath.Join(dir, paths.VMRootDisk)}},
 		SerialLog: filepath.Join(dir, paths.VMSerialLog),
+		NICs:      nics,
 	}
 	if err := os.WriteFile(filepath.Join(dir, paths.VMCmdline), []byte(spec.Cmdline+"\n"), 0o644); err != nil {
 		return fmt.Errorf("record kernel command line: %w", err)
@@ -259,7 +268,7 @@ func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *u
 
 // writeInitrd assembles the VM's initrd: the kernel's base initramfs
 // (modules), then a cpio with the agent as /init and the per-VM config.
-func (d *Daemon) writeInitrd(rec store.VM, base string) (err error) {
+func (d *Daemon) writeInitrd(rec store.VM, base string, netCfg *proto.NetworkConfig) (err error) {
 	dir := d.layout.VMDir(rec.ID)
 	hostKey, err := os.ReadFile(filepath.Join(dir, paths.VMHostKey))
 	if err != nil {
@@ -278,6 +287,7 @@ func (d *Daemon) writeInitrd(rec store.VM, base string) (err error) {
 		AuthorizedKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))},
 		RootDevice:     "/dev/vda", RootFSType: "ext4", Init: proto.InitAuto,
 		Channel: channelFor(d.driver.Features().Channel),
+		Network: netCfg,
 	}
 	doc, err := json.Marshal(cfg)
 	if err != nil {
@@ -482,6 +492,11 @@ func (d *Daemon) killLocked(ctx context.Context, v store.VM) error {
 
 func (d *Daemon) markStopped(ctx context.Context, id, lastErr string) error {
 	d.guests.drop(id)
+	if v, err := d.store.GetVM(ctx, id); err == nil {
+		if err := d.netDown(ctx, v); err != nil {
+			return fmt.Errorf("detach vm %q from the network: %w", v.Name, err)
+		}
+	}
 	if err := d.removeHandle(id); err != nil {
 		return err
 	}
@@ -521,6 +536,9 @@ func (d *Daemon) destroyLocked(ctx context.Context, v store.VM) error {
 		}
 	}
 	d.guests.drop(v.ID)
+	if err := d.netForget(ctx, v); err != nil {
+		return fmt.Errorf("detach vm %q from the network: %w", v.Name, err)
+	}
 	if err := errors.Join(os.RemoveAll(d.layout.VMRunDir(v.ID)), os.RemoveAll(d.layout.VMDir(v.ID))); err != nil {
 		return fmt.Errorf("remove vm %q files: %w", v.Name, err)
 	}
@@ -563,7 +581,9 @@ func (d *Daemon) handleGetVM(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, d.toAPI(v))
+	out := d.toAPI(v)
+	out.Workspace = d.workspaceOf(r.Context(), v.ID)
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (d *Daemon) handleDeleteVM(w http.ResponseWriter, r *http.Request) error {

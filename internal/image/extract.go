@@ -64,6 +64,8 @@ type ExtractStats struct {
 	// XattrsSkipped counts extended attributes the tree's filesystem would
 	// not take (not supported, or not permitted).
 	XattrsSkipped int
+	// Whiteouts counts OCI whiteout entries (ApplyLayer only).
+	Whiteouts int
 }
 
 // Extractor unpacks tar archives into a directory tree as faithfully as a
@@ -94,6 +96,9 @@ type Extractor struct {
 	// the only valid hard link targets.
 	regular  map[string]bool
 	dirTimes []dirTime
+	// layer is non-nil while ApplyLayer runs: the clean names made by the
+	// current layer, which its whiteouts must not hide.
+	layer map[string]bool
 }
 
 type dirTime struct {
@@ -223,13 +228,23 @@ func CleanEntryName(name string) (string, error) {
 	return c, nil
 }
 
-func (x *Extractor) entry(ctx context.Context, hdr *tar.Header, content io.Reader, src *sourceReader) error {
+func (x *Extractor) entry(ctx context.Context, hdr *tar.Header, content io.Reader, src *sourceReader) (err error) {
 	if hdr.Typeflag == tar.TypeXGlobalHeader {
 		return nil // global PAX defaults; tar.Reader applies what matters
 	}
 	name, err := CleanEntryName(hdr.Name)
 	if err != nil {
 		return badEntry(hdr, "%v", err)
+	}
+	if x.layer != nil {
+		if handled, err := x.whiteout(hdr, name); handled {
+			return err
+		}
+		defer func() {
+			if err == nil {
+				x.layer[name] = true
+			}
+		}()
 	}
 	if hdr.Uid < 0 || hdr.Gid < 0 || hdr.Uid > 1<<32-2 || hdr.Gid > 1<<32-2 {
 		return badEntry(hdr, "owner %d:%d out of range", hdr.Uid, hdr.Gid)
@@ -282,6 +297,13 @@ func (x *Extractor) prepare(hdr *tar.Header, name string, isDir bool) (dirfd int
 		return -1, "", false, badEntry(hdr, "parent: %v", err)
 	}
 	exists, err = clearForNew(dirfd, base, isDir)
+	if errors.Is(err, errReplaceDir) && x.layer != nil && !x.layer[name] {
+		// An OCI layer may replace a lower layer's directory with a file.
+		if err = removeAllAt(dirfd, base); err == nil {
+			x.forget(name)
+			exists = false
+		}
+	}
 	if errors.Is(err, errReplaceDir) {
 		unix.Close(dirfd)
 		return -1, "", false, badEntry(hdr, "would replace the directory %q with a %s", name, typeName(hdr.Typeflag))

@@ -23,6 +23,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -30,6 +31,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sys/unix"
 
 	"github.com/kilnvm/kiln/internal/api"
@@ -66,6 +69,11 @@ type Image struct {
 	// KernelName is the kernel VMs of this image boot unless told
 	// otherwise; empty means the daemon's default.
 	KernelName string `json:"kernel_name,omitempty"`
+	// Digest is the manifest digest of a pulled OCI image.
+	Digest string `json:"digest,omitempty"`
+	// Config is how an OCI image's processes run (Env, WorkingDir, User,
+	// Entrypoint, Cmd); nil for images not pulled from a registry.
+	Config *RuntimeConfig `json:"config,omitempty"`
 
 	// RootFS is the absolute path of the root filesystem. Not stored: the
 	// store fills it in.
@@ -81,6 +89,9 @@ type BuildOptions struct {
 	KernelName string
 	// Source overrides the recorded source description.
 	Source string
+	// Digest and Config are recorded as they are (OCI pulls).
+	Digest string
+	Config *RuntimeConfig
 }
 
 // Store keeps images in a directory. It is safe for concurrent use; only
@@ -94,6 +105,16 @@ type Store struct {
 	aptRoot   fs.FS
 	limits    Limits
 	now       func() time.Time
+	transport http.RoundTripper // registry access (oci.go)
+	keychain  authn.Keychain
+	cacheDir  string // OCI blob cache (oci.go)
+
+	// pulls coalesces concurrent pulls of one name (flight.go); it owns
+	// its lock.
+	pulls flights
+	// cacheMu is held shared by every pull and exclusively by PruneCache,
+	// so a prune never deletes a blob a pull is about to use.
+	cacheMu sync.RWMutex
 
 	// mu serialises the instants when an image name appears or disappears
 	// (the check-and-rename of a commit, the rename of a remove). It is a
@@ -128,6 +149,8 @@ func NewStore(dir string, runner system.Runner, logger *slog.Logger, agentPath s
 	s := &Store{
 		dir: abs, runner: runner, log: logger, agentPath: agentPath,
 		aptRoot: os.DirFS("/"), limits: DefaultLimits(), now: time.Now,
+		transport: remote.DefaultTransport, keychain: authn.DefaultKeychain,
+		cacheDir: filepath.Join(abs, ".oci-cache"),
 	}
 	for _, o := range opts {
 		o(s)
@@ -354,6 +377,7 @@ func (s *Store) build(ctx context.Context, name string, opts BuildOptions, popul
 	img = Image{
 		Name: name, Source: opts.Source, SizeBytes: size, ContentBytes: usage.bytes,
 		HasSystemd: hasSystemd, Created: s.now().UTC(), KernelName: opts.KernelName,
+		Digest: opts.Digest, Config: opts.Config,
 	}
 	if err := writeJSON(filepath.Join(staging, MetadataFile), img); err != nil {
 		return Image{}, wrap("write metadata", err)

@@ -38,6 +38,22 @@ var migrations = []string{
 		created_at INTEGER NOT NULL,
 		updated_at INTEGER NOT NULL
 	)`,
+	// 2: network leases (internal/network IPAM), see leases.go.
+	2: `CREATE TABLE net_leases (
+		vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+		host INTEGER NOT NULL UNIQUE,
+		tap TEXT NOT NULL DEFAULT '',
+		nat INTEGER NOT NULL DEFAULT 1
+	)`,
+	// 3: the workspace recorded on a VM (internal/workspace), see workspaces.go.
+	3: `CREATE TABLE workspaces (
+		vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+		host_path TEXT NOT NULL,
+		guest_path TEXT NOT NULL,
+		head_commit TEXT NOT NULL,
+		branch TEXT NOT NULL DEFAULT '',
+		updated_at INTEGER NOT NULL
+	)`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.

@@ -85,6 +85,18 @@ type VMConfig struct {
 	Channel string `json:"channel"`
 	// Env is added to every command's environment.
 	Env []string `json:"env,omitempty"`
+	// Network, when set, configures the guest's NIC; the init-mode agent
+	// applies it through netlink (no network tools needed in the image).
+	Network *NetworkConfig `json:"network,omitempty"`
+}
+
+// NetworkConfig is a guest NIC's configuration.
+type NetworkConfig struct {
+	MAC     string   `json:"mac"`               // which NIC
+	Address string   `json:"address"`           // CIDR, e.g. 10.231.0.2/24
+	Gateway string   `json:"gateway,omitempty"` // default route
+	DNS     []string `json:"dns,omitempty"`     // nameservers for /etc/resolv.conf
+	Search  []string `json:"search,omitempty"`  // search domains
 }
 
 // Health is the reply to RequestHealth.

@@ -141,6 +141,12 @@ func (c *Client) GetVM(ctx context.Context, name string) (api.VM, error) {
 	return vm, c.json(ctx, http.MethodGet, fill(api.PathVM, "name", name), nil, &vm)
 }
 
+// SetWorkspace records the workspace copied into a VM.
+func (c *Client) SetWorkspace(ctx context.Context, name string, ws api.Workspace) (api.Workspace, error) {
+	var out api.Workspace
+	return out, c.json(ctx, http.MethodPut, fill(api.PathVMWorkspace, "name", name), ws, &out)
+}
+
 // DeleteVM deletes a VM, killing it if it runs, and releases everything it held.
 func (c *Client) DeleteVM(ctx context.Context, name string) error {
 	return c.json(ctx, http.MethodDelete, fill(api.PathVM, "name", name), nil, nil)
@@ -324,6 +330,24 @@ func (c *Client) ImportImageTar(ctx context.Context, req api.ImportImageRequest,
 	}
 	var img api.Image
 	return img, c.do(ctx, http.MethodPost, api.PathImageTar, q, tar, "application/x-tar", &img)
+}
+
+// PullImage begins an OCI image pull (or a catalog image's build).
+func (c *Client) PullImage(ctx context.Context, req api.PullImageRequest) (api.Operation, error) {
+	var op api.Operation
+	return op, c.json(ctx, http.MethodPost, api.PathImagePull, req, &op)
+}
+
+// ImageCatalog lists the images kiln can make by name.
+func (c *Client) ImageCatalog(ctx context.Context) ([]api.CatalogImage, error) {
+	var cat []api.CatalogImage
+	return cat, c.json(ctx, http.MethodGet, api.PathImageCatalog, nil, &cat)
+}
+
+// PruneImageCache empties the OCI blob cache.
+func (c *Client) PruneImageCache(ctx context.Context, req api.PruneCacheRequest) (api.PruneCacheResult, error) {
+	var res api.PruneCacheResult
+	return res, c.json(ctx, http.MethodPost, api.PathImagePrune, req, &res)
 }
 
 // BuildImage begins a debootstrap image build.

@@ -1,0 +1,319 @@
+package workspace
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"path"
+	"strings"
+
+	"github.com/kilnvm/kiln/internal/api"
+	"github.com/kilnvm/kiln/internal/guest"
+)
+
+// Guest runs shell commands in a VM; *guest.Client is one.
+type Guest interface {
+	Exec(ctx context.Context, req guest.ExecRequest) (int, error)
+}
+
+// BaseRef is the guest ref of the snapshot commit Prepare makes of the
+// work tree as it was copied (HEAD plus the host's uncommitted changes): a
+// patch against it holds exactly what changed in the guest.
+const BaseRef = "refs/kiln/base"
+
+// Exit codes the guest scripts use for the failures they explain.
+const (
+	codeNoGit       = 97
+	codeNotEmpty    = 98
+	codeBadBase     = 96
+	codeNoCommits   = 95
+	codeNoWorkspace = 94
+)
+
+// Quote quotes s for a POSIX shell.
+func Quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// ValidGuestPath checks a workspace directory in the guest: absolute,
+// clean, not the root.
+func ValidGuestPath(p string) error {
+	if !path.IsAbs(p) || path.Clean(p) != p || p == "/" || strings.ContainsAny(p, "\x00\n") {
+		return fmt.Errorf("guest path %q: want a clean absolute directory other than /: %w", p, api.ErrBadRequest)
+	}
+	return nil
+}
+
+// run runs script in the guest with stdin and stdout, returning an error
+// carrying the script's stderr when it fails.
+func run(ctx context.Context, g Guest, what, script string, stdin io.Reader, stdout io.Writer) error {
+	_, err := runErr(ctx, g, what, script, stdin, stdout)
+	return err
+}
+
+// runErr is run that also returns the script's stderr (its first 1 MiB).
+func runErr(ctx context.Context, g Guest, what, script string, stdin io.Reader, stdout io.Writer) (string, error) {
+	var stderr bytes.Buffer
+	code, err := g.Exec(ctx, guest.ExecRequest{Command: script, Stdin: stdin, Stdout: stdout, Stderr: &limited{w: &stderr, n: 1 << 20}})
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	if code == 0 {
+		return stderr.String(), nil
+	}
+	return "", scriptError(what, code, strings.TrimSpace(stderr.String()))
+}
+
+func scriptError(what string, code int, msg string) error {
+	switch code {
+	case codeNoGit:
+		return api.Hinted(fmt.Errorf("%s: git is not installed in the guest: %w", what, api.ErrFailedPrecondition),
+			"use an image with git (e.g. `kiln image build NAME --debootstrap bookworm --include git`)")
+	case codeNotEmpty, codeNoWorkspace, codeNoCommits:
+		return fmt.Errorf("%s: %s: %w", what, msg, api.ErrFailedPrecondition)
+	case codeBadBase:
+		return fmt.Errorf("%s: %s: %w", what, msg, api.ErrNotFound)
+	}
+	return fmt.Errorf("%s: the guest command exited %d: %s", what, code, msg)
+}
+
+// limited keeps the first n bytes written and drops the rest.
+type limited struct {
+	w io.Writer
+	n int
+}
+
+func (l *limited) Write(p []byte) (int, error) {
+	if l.n > 0 {
+		k := min(len(p), l.n)
+		l.w.Write(p[:k])
+		l.n -= k
+	}
+	return len(p), nil
+}
+
+// PrepareOptions say how a workspace is made.
+type PrepareOptions struct {
+	GuestPath        string
+	IncludeUntracked bool
+	// Branch is the guest branch; empty takes the host's, or "kiln" when
+	// the host's HEAD is detached.
+	Branch string
+	// From, a commit id, checks out that commit's tree instead of copying
+	// the host's work tree.
+	From string
+	// FullCopy copies the whole directory, .git and submodules included.
+	FullCopy bool
+}
+
+// Prepared describes a made workspace.
+type Prepared struct {
+	GuestPath string    `json:"guest_path"`
+	Head      string    `json:"head_commit"`
+	Branch    string    `json:"branch"`
+	Copy      CopyStats `json:"copy"`
+}
+
+// Prepare makes a workspace of repo at opts.GuestPath in the guest, which
+// must be absent or empty. Normally (1) the commit (HEAD, or opts.From) and
+// its trees and blobs go in as one pack — a history of depth one, so
+// commits can be made in the guest — and (2) the files go in as a tar,
+// streamed from disk (the host's uncommitted changes come along as they
+// are on disk); then the guest records BaseRef. With opts.From the tree is
+// checked out from the pack instead. The guest's git identity is the
+// host's. Submodules are refused (failed_precondition) unless FullCopy.
+func Prepare(ctx context.Context, g Guest, repo Repo, files []string, opts PrepareOptions) (Prepared, error) {
+	if err := ValidGuestPath(opts.GuestPath); err != nil {
+		return Prepared{}, err
+	}
+	if len(repo.Submodules) > 0 && !opts.FullCopy {
+		return Prepared{}, api.Hinted(fmt.Errorf("repository %s has submodules (%s): %w", repo.Root, strings.Join(repo.Submodules, ", "), api.ErrFailedPrecondition),
+			"--full-copy copies the whole directory, .git and submodules included")
+	}
+	head := repo.Head
+	if opts.From != "" {
+		if !ValidCommit(opts.From) {
+			return Prepared{}, fmt.Errorf("--from %q: want a commit id: %w", opts.From, api.ErrBadRequest)
+		}
+		head = opts.From
+	}
+	branch := opts.Branch
+	if branch == "" {
+		branch = repo.Branch
+	}
+	if branch == "" {
+		branch = "kiln"
+	}
+	res := Prepared{GuestPath: opts.GuestPath, Head: head, Branch: branch}
+	dir := Quote(opts.GuestPath)
+	identity := identityScript(repo)
+	preamble := "set -e\ncommand -v git >/dev/null 2>&1 || exit " + fmt.Sprint(codeNoGit) + "\n" +
+		"if [ -e " + dir + " ] && [ -n \"$(ls -A " + dir + ")\" ]; then echo " + Quote(opts.GuestPath+" exists in the guest and is not empty") + " >&2; exit " + fmt.Sprint(codeNotEmpty) + "; fi\n" +
+		"mkdir -p " + dir + "\ncd " + dir + "\n"
+	snapshot := "idx=.git/kiln-index; rm -f $idx; if [ -f .git/index ]; then cp .git/index $idx; fi\n" +
+		"GIT_INDEX_FILE=$idx git add -A\n" +
+		"tree=$(GIT_INDEX_FILE=$idx git write-tree)\n" +
+		"snap=$(GIT_AUTHOR_NAME=kiln GIT_AUTHOR_EMAIL=kiln@localhost GIT_COMMITTER_NAME=kiln GIT_COMMITTER_EMAIL=kiln@localhost git commit-tree -p HEAD -m 'kiln: the workspace as prepared' $tree)\n" +
+		"git update-ref " + BaseRef + " $snap\n"
+
+	if opts.FullCopy {
+		pr, pw := io.Pipe()
+		go func() {
+			st, err := WriteFullTar(ctx, repo.Root, pw)
+			res.Copy = st
+			pw.CloseWithError(err)
+		}()
+		script := preamble + "tar -x -f -\n" + identity + snapshot + "rm -f $idx\n"
+		if err := run(ctx, g, "copy the repository into the guest", script, pr, io.Discard); err != nil {
+			pr.CloseWithError(err)
+			return res, err
+		}
+		return res, nil
+	}
+
+	// (1) the history: one commit, its trees and blobs, as a pack.
+	pack, wait, err := packCommit(ctx, repo.Root, head)
+	if err != nil {
+		return res, err
+	}
+	script := preamble + "git init -q -b " + Quote(branch) + "\n" +
+		"git index-pack --stdin >/dev/null\n" +
+		"echo " + head + " > .git/shallow\n" +
+		"git update-ref refs/heads/" + Quote(branch) + " " + head + "\n" +
+		identity
+	if repo.Origin != "" {
+		script += "git remote add origin " + Quote(repo.Origin) + "\n"
+	}
+	err = run(ctx, g, "send the history into the guest", script, pack, io.Discard)
+	if werr := wait(); err == nil && werr != nil {
+		err = fmt.Errorf("pack commit %s: %w", head, werr)
+	}
+	if err != nil {
+		return res, err
+	}
+
+	// (2) the files.
+	if opts.From != "" {
+		script = "set -e\ncd " + dir + "\ngit reset -q --hard\ngit update-ref " + BaseRef + " HEAD\n"
+		return res, run(ctx, g, "check out the workspace in the guest", script, nil, io.Discard)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		st, err := WriteTar(ctx, repo.Root, files, pw)
+		res.Copy = st
+		pw.CloseWithError(err)
+	}()
+	// The snapshot index has stat data for every file; a mixed reset to
+	// HEAD keeps it for the files that match HEAD, so `git status` in the
+	// guest need not hash the tree again.
+	script = "set -e\ncd " + dir + "\ntar -x -f -\n" + snapshot + "mv $idx .git/index\ngit reset -q\n"
+	if err := run(ctx, g, "copy the files into the guest", script, pr, io.Discard); err != nil {
+		pr.CloseWithError(err)
+		return res, err
+	}
+	return res, nil
+}
+
+func identityScript(repo Repo) string {
+	s := ""
+	if repo.UserName != "" {
+		s += "git config user.name " + Quote(repo.UserName) + "\n"
+	}
+	if repo.UserEmail != "" {
+		s += "git config user.email " + Quote(repo.UserEmail) + "\n"
+	}
+	return s
+}
+
+// packCommit streams a pack of commit and every tree and blob it holds —
+// not its history — from `git rev-list --objects -n 1 | git pack-objects`.
+// wait reports how the two ended, once the pack has been read.
+func packCommit(ctx context.Context, root, commit string) (io.Reader, func() error, error) {
+	list := exec.CommandContext(ctx, "git", "-C", root, "rev-list", "--objects", "--no-object-names", "-n", "1", commit)
+	pack := exec.CommandContext(ctx, "git", "-C", root, "pack-objects", "--stdout", "-q", "--window=0", "--compression=1")
+	var listErr, packErr bytes.Buffer
+	list.Stderr, pack.Stderr = &listErr, &packErr
+	lout, err := list.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	pack.Stdin = lout
+	pout, err := pack.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := list.Start(); err != nil {
+		return nil, nil, fmt.Errorf("git rev-list: %w", err)
+	}
+	if err := pack.Start(); err != nil {
+		_ = list.Process.Kill()
+		_ = list.Wait()
+		return nil, nil, fmt.Errorf("git pack-objects: %w", err)
+	}
+	wait := func() error {
+		// Drain what the guest did not read, so pack-objects can exit.
+		_, _ = io.Copy(io.Discard, pout)
+		err1 := list.Wait()
+		err2 := pack.Wait()
+		if err1 != nil {
+			return fmt.Errorf("git rev-list: %w: %s", err1, strings.TrimSpace(listErr.String()))
+		}
+		if err2 != nil {
+			return fmt.Errorf("git pack-objects: %w: %s", err2, strings.TrimSpace(packErr.String()))
+		}
+		return nil
+	}
+	return pout, wait, nil
+}
+
+// Patch writes to w a binary-safe patch (`git diff --binary`) from base (a
+// commit or ref in the guest; BaseRef when empty) to the guest's work tree,
+// untracked non-ignored files and commits made in the guest included. It
+// stages into a temporary index (GIT_INDEX_FILE), so the guest's own index
+// is untouched. The changed files (`--name-status`) go to names.
+func Patch(ctx context.Context, g Guest, guestPath, base string, w, names io.Writer) error {
+	if err := ValidGuestPath(guestPath); err != nil {
+		return err
+	}
+	if base == "" {
+		base = BaseRef
+	}
+	if strings.HasPrefix(base, "-") || strings.ContainsAny(base, " \n\t'\"\\") {
+		return fmt.Errorf("base %q: want a commit id or ref: %w", base, api.ErrBadRequest)
+	}
+	script := cdWorkspace(guestPath) +
+		"git rev-parse -q --verify " + Quote(base+"^{commit}") + " >/dev/null || { echo " + Quote("base "+base+" is not a commit in the guest's repository") + " >&2; exit " + fmt.Sprint(codeBadBase) + "; }\n" +
+		"idx=$(mktemp); trap 'rm -f \"$idx\"' EXIT; rm -f \"$idx\"\n" +
+		"if [ -f .git/index ]; then cp .git/index \"$idx\"; fi\n" +
+		"export GIT_INDEX_FILE=\"$idx\"\n" +
+		"git add -A\n" +
+		"git -c core.quotepath=off diff --cached --name-status --no-renames " + Quote(base) + " >&2\n" +
+		"git diff --cached --binary --no-color --no-ext-diff --no-textconv " + Quote(base) + "\n"
+	out, err := runErr(ctx, g, "export the workspace's changes", script, nil, w)
+	if err == nil && names != nil {
+		_, err = io.WriteString(names, out)
+	}
+	return err
+}
+
+func cdWorkspace(guestPath string) string {
+	return "set -e\ncd " + Quote(guestPath) + " 2>/dev/null && [ -d .git ] || { echo " + Quote("no workspace at "+guestPath+" in the guest") + " >&2; exit " + fmt.Sprint(codeNoWorkspace) + "; }\n"
+}
+
+// Bundle writes to w a git bundle of the guest's HEAD with the commits made
+// since base (the host's commit the workspace started from), for the host
+// to fetch. No new commit is failed_precondition.
+func Bundle(ctx context.Context, g Guest, guestPath, base string, w io.Writer) error {
+	if err := ValidGuestPath(guestPath); err != nil {
+		return err
+	}
+	if !ValidCommit(base) {
+		return fmt.Errorf("base %q: want a commit id: %w", base, api.ErrBadRequest)
+	}
+	script := cdWorkspace(guestPath) +
+		"git cat-file -e " + base + "^{commit} 2>/dev/null || { echo " + Quote("base "+base+" is not in the guest's repository") + " >&2; exit " + fmt.Sprint(codeBadBase) + "; }\n" +
+		"n=$(git rev-list --count HEAD ^" + base + ")\n" +
+		"[ \"$n\" -gt 0 ] || { echo 'no commit was made in the guest since the workspace was prepared' >&2; exit " + fmt.Sprint(codeNoCommits) + "; }\n" +
+		"git bundle create -q - HEAD ^" + base + "\n"
+	return run(ctx, g, "bundle the guest's commits", script, nil, w)
+}

@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kilnvm/kiln/internal/api"
+	"github.com/kilnvm/kiln/internal/testutil"
+)
+
+// useFirecracker restarts the shared daemon with the Firecracker driver
+// and restores the default daemon when the test ends. The binary is
+// $KILN_E2E_FIRECRACKER (a real Firecracker, on a KVM host) or else the
+// test-only API emulator (fcemu), built here, which boots with QEMU.
+func useFirecracker(t *testing.T, h *harness) []string {
+	t.Helper()
+	bin := os.Getenv("KILN_E2E_FIRECRACKER")
+	if bin == "" {
+		bin = filepath.Join(h.bin, "fcemu")
+		mod, err := moduleRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("go", "build", "-o", bin, "./internal/vmm/firecracker/fcemu/cmd/fcemu")
+		cmd.Dir = mod
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build fcemu: %v\n%s", err, out)
+		}
+	}
+	env := []string{"KILN_VMM=firecracker", "KILN_FIRECRACKER_BINARY=" + bin}
+	h.killDaemon(t, syscall.SIGTERM)
+	t.Cleanup(func() {
+		h.killDaemon(t, syscall.SIGTERM)
+		if err := h.startDaemon(nil); err != nil {
+			t.Errorf("restart the default daemon: %v", err)
+		}
+	})
+	if err := h.startDaemon(env); err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// TestFirecrackerLifecycle runs the lifecycle through the Firecracker
+// driver: create, exec, ssh, stop, start, daemon restart, delete.
+func TestFirecrackerLifecycle(t *testing.T) {
+	h := setup(t)
+	env := useFirecracker(t, h)
+	if !strings.Contains(h.daemonLog(), "vmm: firecracker (configured)") {
+		t.Fatalf("daemon did not pick firecracker:\n%s", h.daemonLog())
+	}
+	vm := h.createVM(t, "fc")
+	runDir := filepath.Join(h.root, "run", "vm", vm.ID)
+	var hd struct {
+		Driver, Channel string
+	}
+	b, err := os.ReadFile(filepath.Join(h.root, "state", "vms", vm.ID, "handles.json"))
+	if err == nil {
+		err = json.Unmarshal(b, &hd)
+	}
+	if err != nil || hd.Driver != "firecracker" || hd.Channel != "hybrid-vsock" {
+		t.Fatalf("handle = %+v, %v (%s)", hd, err, b)
+	}
+	if !exists(filepath.Join(runDir, "vsock.sock")) || !exists(filepath.Join(runDir, "firecracker.sock")) {
+		t.Fatalf("no firecracker sockets in %s", runDir)
+	}
+
+	// exec and ssh go over hybrid vsock.
+	r := h.kilnIn(t, strings.NewReader("over vsock\n"), "vm", "exec", "fc", "--", "cat")
+	if r.code != 0 || r.stdout != "over vsock\n" {
+		t.Fatalf("exec: %s", r)
+	}
+	if r := h.kiln(t, "vm", "exec", "fc", "--", "sh", "-c", "exit 4"); r.code != 4 {
+		t.Fatalf("exit code: %s", r)
+	}
+	r = h.mustKiln(t, "vm", "ssh", "fc", "--", "echo", "ssh ok")
+	if strings.TrimSpace(r.stdout) != "ssh ok" {
+		t.Fatalf("ssh: %s", r)
+	}
+
+	// A clean stop keeps data; start boots a new VMM.
+	h.mustKiln(t, "vm", "exec", "fc", "--", "sh", "-c", "echo kept > /root/mark")
+	h.mustKiln(t, "vm", "stop", "fc")
+	got, err := h.client().GetVM(context.Background(), "fc")
+	if err != nil || got.State != api.StateStopped {
+		t.Fatalf("after stop: %+v %v", got, err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "VMM to be gone", func() bool { return syscall.Kill(vm.PID, 0) != nil })
+	h.mustKiln(t, "vm", "start", "fc")
+	r = h.mustKiln(t, "vm", "exec", "fc", "--", "cat", "/root/mark")
+	if strings.TrimSpace(r.stdout) != "kept" {
+		t.Fatalf("data lost over stop/start: %s", r)
+	}
+
+	// The VM survives a daemon SIGKILL and is reached again after restart.
+	before, err := h.client().GetVM(context.Background(), "fc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.killDaemon(t, syscall.SIGKILL)
+	if err := h.startDaemon(env); err != nil {
+		t.Fatal(err)
+	}
+	after, err := h.client().GetVM(context.Background(), "fc")
+	if err != nil || after.State != api.StateRunning || after.PID != before.PID {
+		t.Fatalf("after daemon restart: %+v %v (before pid %d)", after, err, before.PID)
+	}
+	r = h.mustKiln(t, "vm", "exec", "fc", "--", "echo", "still here")
+	if strings.TrimSpace(r.stdout) != "still here" {
+		t.Fatalf("exec after restart: %s", r)
+	}
+
+	// Delete leaves no process or directory behind.
+	h.mustKiln(t, "vm", "delete", "fc")
+	testutil.WaitFor(t, 10*time.Second, "VMM to be gone", func() bool { return syscall.Kill(after.PID, 0) != nil })
+	for _, d := range h.vmDirs(vm.ID) {
+		if exists(d) {
+			t.Errorf("delete left %s behind", d)
+		}
+	}
+	if pids := vmmPIDs(runDir); len(pids) > 0 {
+		t.Errorf("delete left processes %v", pids)
+	}
+}
