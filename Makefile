@@ -39,7 +39,7 @@ demo: deps build
 
 ## bench: ratios against bare baselines, written to docs/performance.md
 bench: deps build
-	KILN_BENCH_OUT=$(CURDIR)/docs/performance.md $(GO) test -count=1 -timeout 60m -v -run '^TestBenchmark$$' ./test/e2e/
+	KILN_BENCH_OUT=$(CURDIR)/docs/performance.md $(GO) test -count=1 -timeout 60m -v -run '^TestBenchmark' ./test/e2e/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

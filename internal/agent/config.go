@@ -84,6 +84,9 @@ func ParseConfig(data []byte) (proto.VMConfig, error) {
 			bad("env entry %q: want NAME=VALUE", kv)
 		}
 	}
+	if cfg.WorkDir != "" && (!strings.HasPrefix(cfg.WorkDir, "/") || strings.ContainsRune(cfg.WorkDir, 0)) {
+		bad("workdir %q: want an absolute path", cfg.WorkDir)
+	}
 	errs = append(errs, checkNetwork(cfg.Network)...)
 	if len(errs) > 0 {
 		return cfg, fmt.Errorf("%s: %w", strings.Join(errs, "; "), api.ErrBadRequest)

@@ -71,6 +71,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{name: "hostname", edit: func(m map[string]any) { m["hostname"] = "a b/c" }, want: `hostname "a b/c"`},
 		{name: "root device", edit: func(m map[string]any) { m["root_device"] = "vda" }, want: `root_device "vda"`},
 		{name: "env", edit: func(m map[string]any) { m["env"] = []string{"=x"} }, want: `env entry "=x"`},
+		{name: "workdir", edit: func(m map[string]any) { m["workdir"] = "srv" }, want: `workdir "srv"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			raw := []byte(tc.raw)

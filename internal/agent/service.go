@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
+	"github.com/kilnvm/kiln/internal/agent/ports"
 	"github.com/kilnvm/kiln/internal/agent/proto"
 	"github.com/kilnvm/kiln/internal/agent/reaper"
 	"github.com/kilnvm/kiln/internal/agent/sshd"
@@ -120,8 +121,10 @@ func NewSSHServer(cfg proto.VMConfig, r *reaper.Reaper, log *slog.Logger, health
 		AuthorizedKeys: keys,
 		Reaper:         r,
 		Env:            cfg.Env,
+		WorkDir:        cfg.WorkDir,
 		Health:         health,
 		PowerOff:       poweroff,
+		Ports:          func() ([]proto.ListeningPort, error) { return ports.Listening("/proc") },
 		Logger:         log,
 	})
 }

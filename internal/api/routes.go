@@ -9,8 +9,12 @@ const (
 	PathVMAction     = "/v1/vms/{name}/{action}" // POST start|stop|kill
 	PathVMLogs       = "/v1/vms/{name}/logs"
 	PathVMSSH        = "/v1/vms/{name}/ssh"
-	PathVMConnect    = "/v1/vms/{name}/connect"   // Upgrade: a raw stream to the agent's SSH server
-	PathVMWorkspace  = "/v1/vms/{name}/workspace" // PUT: record the VM's workspace
+	PathVMConnect    = "/v1/vms/{name}/connect"         // Upgrade: a raw stream to the agent's SSH server
+	PathVMWorkspace  = "/v1/vms/{name}/workspace"       // PUT: record the VM's workspace
+	PathVMPorts      = "/v1/vms/{name}/ports"           // GET: the guest's listening sockets
+	PathVMForwards   = "/v1/vms/{name}/forwards"        // GET: list, POST: add a host port forward
+	PathVMForward    = "/v1/vms/{name}/forwards/{port}" // DELETE: remove the forward of host port
+	PathForwards     = "/v1/forwards"                   // GET: every VM's forwards
 	PathOperations   = "/v1/operations"
 	PathOperation    = "/v1/operations/{id}"
 	PathOpCancel     = "/v1/operations/{id}/cancel"
@@ -28,4 +32,10 @@ const (
 	HeaderOpID       = "Kiln-Op-Id"
 	HeaderAPIVersion = "Kiln-Api-Version"
 	APIVersion       = "1"
+)
+
+// Routes of unmanaged images (registered host files).
+const (
+	PathImageRegister = "/v1/images/register"       // POST: record an unmanaged host rootfs
+	PathImagePromote  = "/v1/images/{name}/promote" // POST: copy it into managed storage
 )

@@ -106,6 +106,17 @@ type Image struct {
 	Digest string `json:"digest,omitempty"`
 	// Config is a pulled OCI image's runtime config.
 	Config *ImageConfig `json:"config,omitempty"`
+	// Unmanaged is the host path of a registered image's root filesystem,
+	// which kiln never writes or deletes (see `kiln image promote`).
+	Unmanaged string `json:"unmanaged_path,omitempty"`
+}
+
+// RegisterImageRequest records the ext4 file RootFS (an absolute host
+// path) as the image Name without copying it.
+type RegisterImageRequest struct {
+	Name   string `json:"name"`
+	RootFS string `json:"rootfs"`
+	Kernel string `json:"kernel,omitempty"`
 }
 
 // ImageConfig is how an OCI image's processes run, from its config.

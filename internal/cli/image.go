@@ -176,7 +176,8 @@ func newImageCmd(e *env) *cobra.Command {
 		},
 	}
 	listCmd.Flags().BoolVar(&available, "available", false, "list the images kiln can pull or build by name")
-	cmd.AddCommand(importCmd, buildCmd, listCmd, showCmd, rmCmd, newImagePullCmd(e), newImageCacheCmd(e))
+	cmd.AddCommand(importCmd, buildCmd, listCmd, showCmd, rmCmd, newImagePullCmd(e), newImageCacheCmd(e),
+		newImageRegisterCmd(e), newImagePromoteCmd(e)) // image_register.go
 	return cmd
 }
 

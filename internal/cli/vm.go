@@ -23,7 +23,8 @@ func newVMCmd(e *env) *cobra.Command {
 		newVMActionCmd(e, "start", "Boot stopped VMs"),
 		newVMActionCmd(e, "stop", "Shut VMs down cleanly (guest poweroff, then escalate)"),
 		newVMActionCmd(e, "kill", "Stop VMs at once (SIGKILL to the VMM)"),
-		newVMDeleteCmd(e), newVMWorkspaceCmd(e))
+		newVMDeleteCmd(e), newVMWorkspaceCmd(e),
+		newVMPortsCmd(e), newVMForwardCmd(e), newVMForwardsCmd(e)) // vm_ports.go
 	return cmd
 }
 

@@ -189,12 +189,18 @@ func newWorkspaceExportCmd(e *env) *cobra.Command {
 			"The guest's index is left untouched. The patch is checked against the host repository first: if the host moved on\n" +
 			"so that it no longer applies, kiln says so (exit 13) unless --no-check.\n" +
 			"With --branch NAME, the commits made in the guest are fetched into a new host branch instead.\n" +
-			"--base-commit C diffs against C (a commit in the guest, e.g. the host HEAD the workspace started from).",
+			"--base-commit C diffs against C (a commit in the guest, e.g. the host HEAD the workspace started from).\n" +
+			"With --json (which needs --output, or --branch), stdout is {output, bytes, files: [{status, path}]}, or\n" +
+			"{branch, commits, uncommitted} for --branch; --branch warns on stderr about uncommitted guest changes it leaves out.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if branch != "" && output != "" {
 				return api.Errorf(api.ErrBadRequest, "--branch and --output do not go together")
+			}
+			if e.jsonOut && branch == "" && output == "" {
+				return api.Hinted(api.Errorf(api.ErrBadRequest, "--json prints the list of changed files on stdout: the patch needs --output FILE"),
+					"kiln vm workspace export VM --json --output changes.patch")
 			}
 			c, err := e.client(ctx)
 			if err != nil {
@@ -231,6 +237,12 @@ func newWorkspaceExportCmd(e *env) *cobra.Command {
 				if b == "" {
 					b = ws.HeadCommit
 				}
+				// The branch holds the guest's commits only: say what it leaves out.
+				uncommitted, err := workspace.Uncommitted(ctx, gc, ws.GuestPath)
+				if err != nil {
+					return err
+				}
+				e.warnUncommitted(vm.Name, ws.GuestPath, branch, uncommitted)
 				if err := workspace.Bundle(ctx, gc, ws.GuestPath, b, tmp); err != nil {
 					return err
 				}
@@ -239,7 +251,10 @@ func newWorkspaceExportCmd(e *env) *cobra.Command {
 					return err
 				}
 				if e.jsonOut {
-					return e.printJSON(map[string]any{"branch": branch, "commits": commits})
+					if uncommitted == nil {
+						uncommitted = []workspace.Change{}
+					}
+					return e.printJSON(map[string]any{"branch": branch, "commits": commits, "uncommitted": uncommitted})
 				}
 				fmt.Fprintf(e.stderr, "branch %s in %s: %d commit(s) from vm %s\n", branch, ws.HostPath, len(commits), vm.Name)
 				for _, l := range commits {
@@ -248,12 +263,14 @@ func newWorkspaceExportCmd(e *env) *cobra.Command {
 				return nil
 			}
 
-			names := e.stderr
-			if e.jsonOut {
-				names = io.Discard
-			}
-			if err := workspace.Patch(ctx, gc, ws.GuestPath, base, tmp, names); err != nil {
+			changes, err := workspace.Patch(ctx, gc, ws.GuestPath, base, tmp)
+			if err != nil {
 				return err
+			}
+			if !e.jsonOut {
+				for _, c := range changes {
+					fmt.Fprintf(e.stderr, "%s\t%s\n", c.Status, c.Path)
+				}
 			}
 			if !noCheck && base == "" {
 				if fi, err := os.Stat(ws.HostPath); err == nil && fi.IsDir() {
@@ -276,8 +293,15 @@ func newWorkspaceExportCmd(e *env) *cobra.Command {
 				defer of.Close()
 				out = of
 			}
-			if _, err := io.Copy(out, tmp); err != nil {
+			n, err := io.Copy(out, tmp)
+			if err != nil {
 				return fmt.Errorf("write the patch: %w", err)
+			}
+			if e.jsonOut {
+				if changes == nil {
+					changes = []workspace.Change{}
+				}
+				return e.printJSON(map[string]any{"output": output, "bytes": n, "files": changes})
 			}
 			return nil
 		},
@@ -287,6 +311,24 @@ func newWorkspaceExportCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&branch, "branch", "", "fetch the guest's commits into this new host branch instead of writing a patch")
 	cmd.Flags().BoolVar(&noCheck, "no-check", false, "write the patch even if it does not apply to the host repository")
 	return cmd
+}
+
+// warnUncommitted tells, on stderr, which uncommitted guest changes a
+// branch export leaves out.
+func (e *env) warnUncommitted(vmName, guestPath, branch string, changes []workspace.Change) {
+	if len(changes) == 0 {
+		return
+	}
+	fmt.Fprintf(e.stderr, "warning: %d uncommitted change(s) in %s:%s are not in branch %s (commit them in the guest, or export them as a patch: kiln vm workspace export %s):\n",
+		len(changes), vmName, guestPath, branch, vmName)
+	const most = 20
+	for i, c := range changes {
+		if i == most {
+			fmt.Fprintf(e.stderr, "  ... and %d more\n", len(changes)-most)
+			break
+		}
+		fmt.Fprintf(e.stderr, "  %s\t%s\n", c.Status, c.Path)
+	}
 }
 
 // inDir makes command run in dir: a `cd` on its own line first (so any

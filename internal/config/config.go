@@ -48,6 +48,9 @@ type Config struct {
 	// DefaultImage and DefaultKernel are used when a VM names none.
 	DefaultImage  string `toml:"default_image"`
 	DefaultKernel string `toml:"default_kernel"`
+	// ImageCatalog is a JSON file of catalog entries added to (or
+	// replacing by name) the catalog built into kiln; "" for none.
+	ImageCatalog string `toml:"image_catalog"`
 	// VCPUs and MemoryMiB are the default VM size.
 	VCPUs     int `toml:"vcpus"`
 	MemoryMiB int `toml:"memory_mib"`
@@ -135,7 +138,7 @@ func (c *Config) applyEnv(env []string) error {
 		"KILN_STATE_DIR": &c.StateDir, "KILN_RUN_DIR": &c.RunDir, "KILN_CACHE_DIR": &c.CacheDir,
 		"KILN_SOCKET": &c.Socket, "KILN_LOG_LEVEL": &c.LogLevel, "KILN_VMM": &c.VMM,
 		"KILN_ACCEL": &c.Accel, "KILN_QEMU_BINARY": &c.QEMUBinary, "KILN_AGENT_PATH": &c.AgentPath,
-		"KILN_DEFAULT_IMAGE": &c.DefaultImage, "KILN_DEFAULT_KERNEL": &c.DefaultKernel,
+		"KILN_DEFAULT_IMAGE": &c.DefaultImage, "KILN_DEFAULT_KERNEL": &c.DefaultKernel, "KILN_IMAGE_CATALOG": &c.ImageCatalog,
 		"KILN_KERNEL_CMDLINE": &c.KernelCmdline, "KILN_SOCKET_GROUP": &c.SocketGroup,
 		"KILN_FAILPOINT": &c.Failpoint, "KILN_FIRECRACKER_BINARY": &c.FirecrackerBinary,
 	}

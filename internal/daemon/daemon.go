@@ -57,6 +57,7 @@ type Daemon struct {
 	createVMMu sync.Mutex // serialises name reservation of VM creates
 	imageOpsMu sync.Mutex // serialises image and kernel registry changes
 	guests     guestPool  // owns its own leaf lock
+	fwd        forwardSet // port forwards (forwards.go); owns its own leaf locks
 	// net is the VM network (network.go), nil when `network = false`;
 	// it owns its own leaf locks (TAP pool, NAT, DNS records).
 	net *network.Manager
@@ -110,7 +111,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	if d.disks == nil {
 		return nil, fmt.Errorf("no disk backend works in %s: %v", l.StateDir, probes)
 	}
-	if d.driver, err = pickDriver(ctx, cfg, d.logger); err != nil {
+	if d.driver, err = pickDriver(ctx, cfg, d.logger, d.kernels.ELFImage); err != nil {
 		return nil, err
 	}
 	f := d.driver.Features()
@@ -137,9 +138,10 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 // pickDriver chooses the VMM: "firecracker" must probe (its binary, at
 // least firecracker.MinRelease); "auto" takes Firecracker when it probes
 // and KVM is usable (see pickVMM), else QEMU.
-func pickDriver(ctx context.Context, cfg config.Config, logger *slog.Logger) (vmm.Driver, error) {
+// elfKernel extracts an ELF vmlinux for Firecracker releases that need one.
+func pickDriver(ctx context.Context, cfg config.Config, logger *slog.Logger, elfKernel func(context.Context, string) (string, error)) (vmm.Driver, error) {
 	if cfg.VMM == "firecracker" || cfg.VMM == "auto" {
-		fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary, Logger: logger})
+		fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary, Logger: logger, ELFKernel: elfKernel})
 		choice := pickVMM(cfg.VMM, fc.Probe(ctx), fc.ProbeKVM())
 		logger.Info("vmm: " + choice.Summary)
 		if choice.Err != nil {
@@ -234,6 +236,7 @@ func (d *Daemon) Close() error {
 		}
 		d.ops.CancelAll(ctx)
 		d.bgDone.Wait()
+		d.fwd.closeAll()
 		d.guests.closeAll()
 		_ = d.closeNetwork()
 		if d.store != nil {

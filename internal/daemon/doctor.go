@@ -134,6 +134,8 @@ func Doctor(ctx context.Context, cfg config.Config) []api.Check {
 		}
 	}
 
+	out = append(out, networkChecks(cfg)...) // doctor_network.go
+
 	// The daemon socket.
 	sock := cfg.SocketPath()
 	cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)

@@ -28,7 +28,7 @@ func TestDoctorChecksAndFixes(t *testing.T) {
 		}
 		byName[c.Name] = c.Status
 	}
-	for _, want := range []string{"kvm", "qemu", "firecracker", "mkfs.ext4", "debootstrap", "kiln-agent", "disk space", "daemon"} {
+	for _, want := range []string{"kvm", "qemu", "firecracker", "mkfs.ext4", "debootstrap", "kiln-agent", "disk space", "daemon", "network", "tun", "bridge", "nftables"} {
 		if _, ok := byName[want]; !ok {
 			t.Errorf("doctor has no %q check: %v", want, byName)
 		}

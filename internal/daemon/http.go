@@ -47,6 +47,11 @@ func (d *Daemon) routes() []route {
 		{"GET " + api.PathVMSSH, write, d.handleVMSSH},
 		{"POST " + api.PathVMConnect, write, d.handleVMConnect},
 		{"PUT " + api.PathVMWorkspace, write, d.handleSetWorkspace},
+		{"GET " + api.PathVMPorts, read, d.handleVMPorts},
+		{"GET " + api.PathVMForwards, read, d.handleListVMForwards},
+		{"POST " + api.PathVMForwards, write, d.handleAddForward},
+		{"DELETE " + api.PathVMForward, write, d.handleRemoveForward},
+		{"GET " + api.PathForwards, read, d.handleListForwards},
 		{"GET " + api.PathOperations, read, d.handleListOps},
 		{"GET " + api.PathOperation, read, d.handleGetOp},
 		{"POST " + api.PathOpCancel, write, d.handleCancelOp},
@@ -62,6 +67,8 @@ func (d *Daemon) routes() []route {
 		{"POST " + api.PathImagePull, write, d.handlePullImage},
 		{"GET " + api.PathImageCatalog, read, d.handleImageCatalog},
 		{"POST " + api.PathImagePrune, write, d.handlePruneImageCache},
+		{"POST " + api.PathImageRegister, write, d.handleRegisterImage}, // image_register.go
+		{"POST " + api.PathImagePromote, write, d.handlePromoteImage},
 		{"GET " + api.PathImage, read, d.handleGetImage},
 		{"DELETE " + api.PathImage, write, d.handleDeleteImage},
 	}

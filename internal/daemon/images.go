@@ -12,7 +12,7 @@ import (
 )
 
 func imageToAPI(i image.Image) api.Image {
-	out := api.Image{Name: i.Name, Source: i.Source, Size: i.SizeBytes, HasSystemd: i.HasSystemd, Kernel: i.KernelName, CreatedAt: i.Created, Digest: i.Digest}
+	out := api.Image{Name: i.Name, Source: i.Source, Size: i.SizeBytes, HasSystemd: i.HasSystemd, Kernel: i.KernelName, CreatedAt: i.Created, Digest: i.Digest, Unmanaged: i.Unmanaged}
 	if c := i.Config; c != nil {
 		out.Config = &api.ImageConfig{Env: c.Env, WorkingDir: c.WorkingDir, User: c.User, Entrypoint: c.Entrypoint, Cmd: c.Cmd}
 	}

@@ -99,6 +99,9 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (*opstat
 	}
 	img, err := d.images.Get(ctx, req.Image)
 	if err != nil {
+		img, err = d.imageOrCatalog(req.Image, err) // image_autopull.go: the create op makes a catalog image
+	}
+	if err != nil {
 		return nil, api.Hinted(fmt.Errorf("image %q: %w", req.Image, err), "see `kiln image list`; build the default with `kiln image build debian --debootstrap bookworm`")
 	}
 	if req.Kernel == "" {
@@ -140,6 +143,9 @@ func (d *Daemon) createLocked(ctx context.Context, op *opstate.Op, rec store.VM,
 		}
 	}()
 
+	if err := d.ensureImage(ctx, op, rec.Image); err != nil { // image_autopull.go
+		return nil, err
+	}
 	d.stage(op, stageResolve, rec.Image)
 	img, err := d.images.Get(ctx, rec.Image)
 	if err != nil {
@@ -289,6 +295,7 @@ func (d *Daemon) writeInitrd(rec store.VM, base string, netCfg *proto.NetworkCon
 		Channel: channelFor(d.driver.Features().Channel),
 		Network: netCfg,
 	}
+	d.applyImageRuntime(rec.Image, &cfg) // image_runtime.go: the image's Env and WorkingDir
 	doc, err := json.Marshal(cfg)
 	if err != nil {
 		return err
@@ -491,6 +498,7 @@ func (d *Daemon) killLocked(ctx context.Context, v store.VM) error {
 }
 
 func (d *Daemon) markStopped(ctx context.Context, id, lastErr string) error {
+	d.fwd.releaseVM(id) // forwards.go
 	d.guests.drop(id)
 	if v, err := d.store.GetVM(ctx, id); err == nil {
 		if err := d.netDown(ctx, v); err != nil {
@@ -535,6 +543,7 @@ func (d *Daemon) destroyLocked(ctx context.Context, v store.VM) error {
 			return fmt.Errorf("kill vm %q: %w", v.Name, err)
 		}
 	}
+	d.fwd.releaseVM(v.ID) // forwards.go
 	d.guests.drop(v.ID)
 	if err := d.netForget(ctx, v); err != nil {
 		return fmt.Errorf("detach vm %q from the network: %w", v.Name, err)

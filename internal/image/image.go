@@ -74,6 +74,10 @@ type Image struct {
 	// Config is how an OCI image's processes run (Env, WorkingDir, User,
 	// Entrypoint, Cmd); nil for images not pulled from a registry.
 	Config *RuntimeConfig `json:"config,omitempty"`
+	// Unmanaged is the host path of a registered image's root filesystem
+	// (register.go), which kiln never writes or deletes; empty for images
+	// in managed storage.
+	Unmanaged string `json:"unmanaged_path,omitempty"`
 
 	// RootFS is the absolute path of the root filesystem. Not stored: the
 	// store fills it in.

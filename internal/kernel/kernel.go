@@ -8,6 +8,9 @@
 //	                /lib/modules/<release>/..., uncompressed, and
 //	                proto.ModulesListPath naming them in load order
 //	kernel.json     metadata (Kernel)
+//	vmlinux         the ELF vmlinux extracted from a bzImage, made on first
+//	                use by ELFImage (for Firecracker releases without
+//	                bzImage support)
 //
 // The base initramfs holds no /init: the daemon appends a second cpio
 // archive with the agent as /init and the per-VM config, and the kernel
@@ -27,6 +30,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -110,6 +114,9 @@ type Store struct {
 	dir    string
 	runner system.Runner
 	logger *slog.Logger
+
+	// elfMu serialises ELF vmlinux extractions (ELFImage); a leaf lock.
+	elfMu sync.Mutex
 
 	// Seams, set before first use. Zero values mean the real host.
 

@@ -20,24 +20,36 @@ import (
 // as paths relative to root. Ignored files are never listed. Submodule
 // directories (gitlinks) are not files and are left out.
 func ListFiles(ctx context.Context, r system.Runner, root string, includeUntracked bool) ([]string, error) {
-	args := []string{"-C", root, "ls-files", "-z", "--cached"}
-	if includeUntracked {
-		args = append(args, "--others", "--exclude-standard")
-	}
-	out, err := r.Run(ctx, system.Cmd{Name: "git", Args: args})
+	// "<mode> <object> <stage>\t<path>", once per stage of a conflicted path.
+	out, err := r.Run(ctx, system.Cmd{Name: "git", Args: []string{"-C", root, "ls-files", "-z", "--stage"}})
 	if err != nil {
 		return nil, fmt.Errorf("list the files of %s: %w", root, err)
 	}
 	seen := map[string]bool{}
 	var files []string
-	for _, p := range bytes.Split(out, []byte{0}) {
-		s := string(p)
+	add := func(s string) {
 		// A nested repository shows up as "dir/" among untracked files.
 		if s == "" || seen[s] || strings.HasSuffix(s, "/") {
-			continue
+			return
 		}
 		seen[s] = true
 		files = append(files, s)
+	}
+	for _, rec := range bytes.Split(out, []byte{0}) {
+		i := bytes.IndexByte(rec, '\t')
+		if i < 0 || bytes.HasPrefix(rec, []byte("160000 ")) {
+			continue
+		}
+		add(string(rec[i+1:]))
+	}
+	if includeUntracked {
+		out, err := r.Run(ctx, system.Cmd{Name: "git", Args: []string{"-C", root, "ls-files", "-z", "--others", "--exclude-standard"}})
+		if err != nil {
+			return nil, fmt.Errorf("list the untracked files of %s: %w", root, err)
+		}
+		for _, p := range bytes.Split(out, []byte{0}) {
+			add(string(p))
+		}
 	}
 	return files, nil
 }

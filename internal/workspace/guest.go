@@ -7,6 +7,7 @@ import (
 	"io"
 	"os/exec"
 	"path"
+	"strconv"
 	"strings"
 
 	"github.com/kilnvm/kiln/internal/api"
@@ -266,34 +267,127 @@ func packCommit(ctx context.Context, root, commit string) (io.Reader, func() err
 	return pout, wait, nil
 }
 
+// Change is one path changed in the guest: its status as `git diff
+// --name-status --no-renames` prints it (A added, D deleted, M modified, T
+// type changed) and its path in the repository.
+type Change struct {
+	Status string `json:"status"`
+	Path   string `json:"path"`
+}
+
+// stageScript stages the whole work tree (untracked non-ignored files
+// included) into a temporary copy of the guest's index, exported as
+// GIT_INDEX_FILE, so the guest's own index is never written.
+const stageScript = "idx=$(mktemp); names=$(mktemp); trap 'rm -f \"$idx\" \"$names\"' EXIT; rm -f \"$idx\"\n" +
+	"if [ -f .git/index ]; then cp .git/index \"$idx\"; fi\n" +
+	"export GIT_INDEX_FILE=\"$idx\"\n" +
+	"git add -A\n"
+
 // Patch writes to w a binary-safe patch (`git diff --binary`) from base (a
 // commit or ref in the guest; BaseRef when empty) to the guest's work tree,
-// untracked non-ignored files and commits made in the guest included. It
-// stages into a temporary index (GIT_INDEX_FILE), so the guest's own index
-// is untouched. The changed files (`--name-status`) go to names.
-func Patch(ctx context.Context, g Guest, guestPath, base string, w, names io.Writer) error {
+// untracked non-ignored files and commits made in the guest included, and
+// returns the changed files. It stages into a temporary index, so the
+// guest's own index is untouched. The patch is streamed: one exec prints
+// the length of the NUL-separated name list, the list, then the patch.
+func Patch(ctx context.Context, g Guest, guestPath, base string, w io.Writer) ([]Change, error) {
 	if err := ValidGuestPath(guestPath); err != nil {
-		return err
+		return nil, err
 	}
 	if base == "" {
 		base = BaseRef
 	}
 	if strings.HasPrefix(base, "-") || strings.ContainsAny(base, " \n\t'\"\\") {
-		return fmt.Errorf("base %q: want a commit id or ref: %w", base, api.ErrBadRequest)
+		return nil, fmt.Errorf("base %q: want a commit id or ref: %w", base, api.ErrBadRequest)
 	}
 	script := cdWorkspace(guestPath) +
 		"git rev-parse -q --verify " + Quote(base+"^{commit}") + " >/dev/null || { echo " + Quote("base "+base+" is not a commit in the guest's repository") + " >&2; exit " + fmt.Sprint(codeBadBase) + "; }\n" +
-		"idx=$(mktemp); trap 'rm -f \"$idx\"' EXIT; rm -f \"$idx\"\n" +
-		"if [ -f .git/index ]; then cp .git/index \"$idx\"; fi\n" +
-		"export GIT_INDEX_FILE=\"$idx\"\n" +
-		"git add -A\n" +
-		"git -c core.quotepath=off diff --cached --name-status --no-renames " + Quote(base) + " >&2\n" +
+		stageScript +
+		"git diff --cached --name-status -z --no-renames " + Quote(base) + " > \"$names\"\n" +
+		"wc -c < \"$names\"; cat \"$names\"\n" +
 		"git diff --cached --binary --no-color --no-ext-diff --no-textconv " + Quote(base) + "\n"
-	out, err := runErr(ctx, g, "export the workspace's changes", script, nil, w)
-	if err == nil && names != nil {
-		_, err = io.WriteString(names, out)
+	sp := &namesThenPatch{w: w, need: -1}
+	if err := run(ctx, g, "export the workspace's changes", script, nil, sp); err != nil {
+		return nil, err
 	}
-	return err
+	if !sp.done {
+		return nil, fmt.Errorf("export the workspace's changes: the guest's output ended before the list of changed files")
+	}
+	return parseNameStatus(sp.names)
+}
+
+// Uncommitted returns what changed in the guest's work tree since its HEAD
+// commit — staged, unstaged and untracked non-ignored files — without
+// touching the guest's index: what a branch of the guest's commits leaves out.
+func Uncommitted(ctx context.Context, g Guest, guestPath string) ([]Change, error) {
+	if err := ValidGuestPath(guestPath); err != nil {
+		return nil, err
+	}
+	script := cdWorkspace(guestPath) + stageScript + "git diff --cached --name-status -z --no-renames HEAD\n"
+	var out bytes.Buffer
+	if err := run(ctx, g, "list the guest's uncommitted changes", script, nil, &out); err != nil {
+		return nil, err
+	}
+	return parseNameStatus(out.Bytes())
+}
+
+// parseNameStatus parses `git diff --name-status -z --no-renames`:
+// status NUL path NUL, repeated.
+func parseNameStatus(b []byte) ([]Change, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	f := bytes.Split(bytes.TrimSuffix(b, []byte{0}), []byte{0})
+	if len(f)%2 != 0 {
+		return nil, fmt.Errorf("malformed list of changed files from the guest: %q", b)
+	}
+	cs := make([]Change, 0, len(f)/2)
+	for i := 0; i < len(f); i += 2 {
+		cs = append(cs, Change{Status: string(f[i]), Path: string(f[i+1])})
+	}
+	return cs, nil
+}
+
+// namesThenPatch splits the export stream: a decimal length and a newline,
+// that many bytes of name list (kept), then the patch (passed on to w).
+type namesThenPatch struct {
+	w     io.Writer
+	need  int    // the name list's length; -1 until its line is read
+	head  []byte // what came before the patch, until it is complete
+	names []byte
+	done  bool
+}
+
+func (s *namesThenPatch) Write(p []byte) (int, error) {
+	if s.done {
+		return s.w.Write(p)
+	}
+	s.head = append(s.head, p...)
+	if s.need < 0 {
+		i := bytes.IndexByte(s.head, '\n')
+		if i < 0 {
+			if len(s.head) > 32 {
+				return 0, fmt.Errorf("malformed export stream from the guest")
+			}
+			return len(p), nil
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(string(s.head[:i])))
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("malformed export stream from the guest: %q", s.head[:i])
+		}
+		s.need, s.head = n, s.head[i+1:]
+	}
+	if len(s.head) < s.need {
+		return len(p), nil
+	}
+	s.names, s.done = s.head[:s.need], true
+	rest := s.head[s.need:]
+	s.head = nil
+	if len(rest) > 0 {
+		if _, err := s.w.Write(rest); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
 }
 
 func cdWorkspace(guestPath string) string {

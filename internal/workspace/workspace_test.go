@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -139,20 +140,25 @@ printf 'fresh\n' > fresh.txt
 printf 'ignored\n' > more.log`)
 	indexBefore := sh(t, gdir, "sha256sum .git/index")
 
-	var patch, names bytes.Buffer
-	if err := Patch(ctx, g, gdir, "", &patch, &names); err != nil {
+	var patch bytes.Buffer
+	changes, err := Patch(ctx, g, gdir, "", &patch)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if sh(t, gdir, "sha256sum .git/index") != indexBefore {
 		t.Fatal("export changed the guest's index")
 	}
-	for _, want := range []string{"A\tdocs/new-name.txt", "D\tdocs/old-name.txt", "M\tblob.bin", "D\trun.sh", "A\tfresh.txt"} {
-		if !strings.Contains(names.String(), want) {
-			t.Errorf("changed files %q lack %q", names.String(), want)
-		}
+	got := map[string]string{}
+	for _, c := range changes {
+		got[c.Path] = c.Status
 	}
-	if strings.Contains(names.String(), "more.log") || strings.Contains(names.String(), "untracked.txt") {
-		t.Errorf("changed files list ignored or unchanged files: %q", names.String())
+	want := map[string]string{"docs/new-name.txt": "A", "docs/old-name.txt": "D", "blob.bin": "M", "run.sh": "D",
+		"fresh.txt": "A", "src/deep/keep.txt": "M", "src/hello.txt": "M", "src/deep/link2": "A"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("changed files %v, want %v", got, want)
+	}
+	if !bytes.HasPrefix(patch.Bytes(), []byte("diff --git ")) {
+		t.Errorf("the patch does not start with a diff: %.80q", patch.Bytes())
 	}
 	pf := filepath.Join(t.TempDir(), "p.patch")
 	if err := os.WriteFile(pf, patch.Bytes(), 0o644); err != nil {
@@ -236,10 +242,10 @@ func TestPrepareFailures(t *testing.T) {
 		t.Fatalf("full copy left out an ignored file: %v", err)
 	}
 	// Export without a workspace, with a bad base, and with no commits.
-	if err := Patch(ctx, g, filepath.Join(t.TempDir(), "none"), "", io.Discard, nil); !errors.Is(err, api.ErrFailedPrecondition) {
+	if _, err := Patch(ctx, g, filepath.Join(t.TempDir(), "none"), "", io.Discard); !errors.Is(err, api.ErrFailedPrecondition) {
 		t.Fatalf("export of no workspace: %v", err)
 	}
-	if err := Patch(ctx, g, full, "0000000000000000000000000000000000000000", io.Discard, nil); !errors.Is(err, api.ErrNotFound) {
+	if _, err := Patch(ctx, g, full, "0000000000000000000000000000000000000000", io.Discard); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("unknown base: %v", err)
 	}
 	if err := Bundle(ctx, g, full, repo.Head, io.Discard); !errors.Is(err, api.ErrFailedPrecondition) {

@@ -71,7 +71,7 @@ func TestBenchmark(t *testing.T) {
 		accel = v.Accel
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Performance\n\nMeasured by `make bench` (`TestBenchmark` in `test/e2e`) on %s, %d CPUs, QEMU accel **%s**, %d rounds each, on %s.\n",
+	fmt.Fprintf(&b, "## Boot and exec\n\nMeasured by `make bench` (`TestBenchmark` in `test/e2e`) on %s, %d CPUs, QEMU accel **%s**, %d rounds each, on %s.\n",
 		runtime.GOARCH, runtime.NumCPU(), accel, rounds, time.Now().UTC().Format("2006-01-02"))
 	fmt.Fprintf(&b, "Figures are medians with the spread (min–max); ratios are kiln's median over the baseline's, from the same run.\n")
 	fmt.Fprintf(&b, "Under TCG absolute times are far above what KVM gives; the ratios are what to watch.\n\n")
@@ -86,7 +86,7 @@ func TestBenchmark(t *testing.T) {
 		"the driver builds, timed from exec until the agent answered an SSH exec of `true`.\n\n"+
 		"The exec ratio is dominated by what each `kiln vm exec` process pays once: its own start, a credentials request, "+
 		"the stream upgrade on the daemon socket and a fresh SSH handshake; the in-process baseline reuses one SSH connection.\n")
-	if err := os.WriteFile(out, []byte(b.String()), 0o644); err != nil {
+	if err := writeBenchSection(out, "boot-exec", b.String()); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("\n" + b.String())

@@ -72,6 +72,17 @@ func TestFirecrackerLifecycle(t *testing.T) {
 	if !exists(filepath.Join(runDir, "vsock.sock")) || !exists(filepath.Join(runDir, "firecracker.sock")) {
 		t.Fatalf("no firecracker sockets in %s", runDir)
 	}
+	if os.Getenv("KILN_E2E_FIRECRACKER") == "" {
+		// fcemu emulates 1.16.1, which boots an ELF vmlinux only: the
+		// daemon extracted one from the Debian bzImage, and it booted.
+		vmlinux := filepath.Join(h.root, "state", "kernels", "test", "vmlinux")
+		if b, err := os.ReadFile(vmlinux); err != nil || !strings.HasPrefix(string(b[:min(len(b), 4)]), "\x7fELF") {
+			t.Errorf("no ELF vmlinux extracted at %s: %v", vmlinux, err)
+		}
+		if log, _ := os.ReadFile(filepath.Join(h.root, "daemon.log")); !strings.Contains(string(log), "booting the extracted ELF vmlinux") {
+			t.Errorf("the daemon did not say it booted the extracted vmlinux")
+		}
+	}
 
 	// exec and ssh go over hybrid vsock.
 	r := h.kilnIn(t, strings.NewReader("over vsock\n"), "vm", "exec", "fc", "--", "cat")

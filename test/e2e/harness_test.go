@@ -109,6 +109,7 @@ func newHarness(t *testing.T) (*harness, error) {
 		"KILN_RUN_DIR="+filepath.Join(root, "run"),
 		"KILN_CACHE_DIR="+filepath.Join(root, "cache"),
 		"KILN_DEFAULT_IMAGE=bb", "KILN_DEFAULT_KERNEL=test",
+		"KILN_IMAGE_CATALOG="+filepath.Join(root, "catalog.json"), // image_autopull_test.go writes it
 		"KILN_MEMORY_MIB=512", "KILN_VCPUS=2", "KILN_SOCKET_GROUP=",
 		"KILN_BOOT_TIMEOUT=2m", "KILN_STOP_TIMEOUT=20s", "KILN_LOG_LEVEL=debug",
 		"NO_COLOR=1",

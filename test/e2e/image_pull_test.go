@@ -53,6 +53,14 @@ func TestImagePullBootsAndKeepsOwnership(t *testing.T) {
 		t.Fatalf("pulled image %+v, %v", img, err)
 	}
 	h.createVM(t, "pulled", "--image", "ocibb")
+	// The image config's Env reaches every command and its WorkingDir is
+	// the default directory; -w still overrides it.
+	if r := h.mustKiln(t, "vm", "exec", "pulled", "--", "sh", "-c", `echo "$(pwd) FOO=$FOO"`); r.stdout != "/srv FOO=bar\n" {
+		t.Errorf("image config not honoured: %s", r)
+	}
+	if r := h.mustKiln(t, "vm", "exec", "-w", "/etc", "pulled", "--", "pwd"); r.stdout != "/etc\n" {
+		t.Errorf("-w over the image's WorkingDir: %s", r)
+	}
 	r = h.mustKiln(t, "vm", "exec", "pulled", "--", "sh", "-c",
 		"cd /srv && stat -c '%n %a %u:%g %h' /etc/shadow sudo sudo-link /home/dev /home/dev/.profile; "+
 			"cat tool opq/new; readlink link; ls -A /srv /srv/opq | tr '\\n' ' '")

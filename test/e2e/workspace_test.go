@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,6 +129,26 @@ printf 'ignored\n' > more.log`)
 	if got := h.mustKiln(t, "vm", "exec", "ws1", "--", "sha256sum", ".git/index").stdout; got != index {
 		t.Fatalf("export changed the guest's index")
 	}
+	// --json lists the changed files on stdout; the patch then needs a file.
+	if r := h.kiln(t, "vm", "workspace", "export", "ws1", "--json"); r.code != 12 || !strings.Contains(r.stderr, "--output") {
+		t.Fatalf("export --json without --output: %s", r)
+	}
+	var listed struct {
+		Output string `json:"output"`
+		Bytes  int64  `json:"bytes"`
+		Files  []struct{ Status, Path string }
+	}
+	r = h.mustKiln(t, "vm", "workspace", "export", "ws1", "--json", "-o", patch+".j")
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
+		t.Fatalf("export --json: %v: %s", err, r.stdout)
+	}
+	statuses := map[string]string{}
+	for _, f := range listed.Files {
+		statuses[f.Path] = f.Status
+	}
+	if fi, err := os.Stat(patch + ".j"); err != nil || fi.Size() != listed.Bytes || statuses["fresh.txt"] != "A" || statuses["run.sh"] != "D" || statuses["blob.bin"] != "M" {
+		t.Fatalf("export --json: %+v (patch file: %v %v)", listed, fi, err)
+	}
 	wsSh(t, repo, "git apply "+patch)
 	guestTree := strings.TrimSpace(h.mustKiln(t, "vm", "exec", "ws1", "--", "sh", "-c", treeScript).stdout)
 	if got := wsSh(t, repo, treeScript); got != guestTree {
@@ -142,6 +163,10 @@ printf 'ignored\n' > more.log`)
 	r = h.mustKiln(t, "vm", "workspace", "export", "ws1", "--branch", "from-guest")
 	if !strings.Contains(r.stdout, "guest work") {
 		t.Fatalf("branch export: %s", r)
+	}
+	// The uncommitted guest changes are not in the branch, and it says so.
+	if !strings.Contains(r.stderr, "warning: ") || !strings.Contains(r.stderr, "not in branch from-guest") || !strings.Contains(r.stderr, "fresh.txt") {
+		t.Fatalf("branch export does not warn about uncommitted changes: %s", r)
 	}
 	if got := wsSh(t, repo, "git log --format=%an:%s -1 from-guest"); got != "Ada Host:guest work" {
 		t.Fatalf("host branch head: %q", got)

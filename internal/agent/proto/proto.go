@@ -55,6 +55,10 @@ const (
 	// RequestPoweroff is a global request: the agent syncs the filesystems
 	// and powers the guest off. It replies before powering off.
 	RequestPoweroff = "kiln-poweroff@kiln"
+	// RequestPorts is a global request; the reply payload is a JSON
+	// []ListeningPort: the guest's listening TCP sockets, from
+	// /proc/net/tcp and /proc/net/tcp6.
+	RequestPorts = "kiln-ports@kiln"
 )
 
 // Init modes for VMConfig.Init.
@@ -85,6 +89,9 @@ type VMConfig struct {
 	Channel string `json:"channel"`
 	// Env is added to every command's environment.
 	Env []string `json:"env,omitempty"`
+	// WorkDir is the directory commands and shells start in (an OCI
+	// image's WorkingDir); empty, or missing in the guest, means $HOME.
+	WorkDir string `json:"workdir,omitempty"`
 	// Network, when set, configures the guest's NIC; the init-mode agent
 	// applies it through netlink (no network tools needed in the image).
 	Network *NetworkConfig `json:"network,omitempty"`
@@ -106,4 +113,13 @@ type Health struct {
 	Kernel   string  `json:"kernel"`
 	PID1     string  `json:"pid1"` // "kiln-agent" or the image init's name
 	Uptime   float64 `json:"uptime_seconds"`
+}
+
+// ListeningPort is one listening TCP socket of the guest (RequestPorts).
+type ListeningPort struct {
+	Proto   string `json:"proto"`             // "tcp" or "tcp6"
+	Address string `json:"address"`           // bound address: 0.0.0.0, ::, 127.0.0.1, ...
+	Port    int    `json:"port"`              // bound port
+	Process string `json:"process,omitempty"` // the owning process's comm, when found
+	PID     int    `json:"pid,omitempty"`
 }

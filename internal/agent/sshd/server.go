@@ -16,6 +16,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,7 +51,9 @@ type Config struct {
 	// PowerOff is called (once, in its own goroutine) after the reply to
 	// proto.RequestPoweroff has been sent. Nil refuses the request.
 	PowerOff func()
-	Logger   *slog.Logger
+	// Ports answers proto.RequestPorts. Nil refuses the request.
+	Ports  func() ([]proto.ListeningPort, error)
+	Logger *slog.Logger
 
 	// LoginShells are tried in order for `shell` requests; default
 	// /bin/bash, /bin/sh.
@@ -59,6 +63,9 @@ type Config struct {
 	// Home is $HOME and the working directory (/ when it does not exist);
 	// default /root.
 	Home string
+	// WorkDir, when set and a directory in the guest, is the working
+	// directory instead of Home (an OCI image's WorkingDir).
+	WorkDir string
 	// DrainGrace is how long output is still read after the command has
 	// exited while its pipes stay silent (a background child may hold them
 	// open forever); default 250ms.
@@ -88,6 +95,9 @@ func New(cfg Config) (*Server, error) {
 		if !validEnv(kv) {
 			return nil, fmt.Errorf("ssh server: env entry %q is not NAME=VALUE: %w", kv, api.ErrBadRequest)
 		}
+	}
+	if cfg.WorkDir != "" && (!filepath.IsAbs(cfg.WorkDir) || strings.ContainsRune(cfg.WorkDir, 0)) {
+		return nil, fmt.Errorf("ssh server: workdir %q is not an absolute path: %w", cfg.WorkDir, api.ErrBadRequest)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -185,6 +195,8 @@ func (s *Server) globalRequests(log *slog.Logger, reqs <-chan *ssh.Request) {
 				log.Info("poweroff requested")
 				go s.cfg.PowerOff()
 			}
+		case proto.RequestPorts:
+			s.replyPorts(req)
 		default:
 			if req.WantReply {
 				_ = req.Reply(false, nil)

@@ -82,6 +82,7 @@ func TestNewValidates(t *testing.T) {
 		{"no keys", Config{HostKey: k, Reaper: r}, "no authorized keys"},
 		{"no reaper", Config{HostKey: k, AuthorizedKeys: []ssh.PublicKey{k.PublicKey()}}, "no reaper"},
 		{"bad env", Config{HostKey: k, AuthorizedKeys: []ssh.PublicKey{k.PublicKey()}, Reaper: r, Env: []string{"X"}}, `"X"`},
+		{"relative workdir", Config{HostKey: k, AuthorizedKeys: []ssh.PublicKey{k.PublicKey()}, Reaper: r, WorkDir: "srv"}, `workdir "srv"`},
 	} {
 		if _, err := New(tc.cfg); err == nil || !errors.Is(err, api.ErrBadRequest) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err %v", tc.name, err)
@@ -206,4 +207,23 @@ func socketPair(t *testing.T) (net.Conn, net.Conn) {
 		conns[i] = c
 	}
 	return conns[0], conns[1]
+}
+
+func TestWorkingDir(t *testing.T) {
+	dir := t.TempDir()
+	file := dir + "/file"
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ workDir, home, want string }{
+		{"", dir, dir},
+		{dir, "/nonexistent-home", dir},
+		{"/nonexistent-workdir", dir, dir},
+		{file, dir, dir}, // not a directory
+		{"/nonexistent-workdir", "/nonexistent-home", "/"},
+	} {
+		if got := workingDir(tc.workDir, tc.home); got != tc.want {
+			t.Errorf("workingDir(%q, %q) = %q, want %q", tc.workDir, tc.home, got, tc.want)
+		}
+	}
 }

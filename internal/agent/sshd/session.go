@@ -212,10 +212,7 @@ func (ss *session) run(shell bool, command string) {
 		env = mergeEnv(env, "TERM="+ss.pty.term)
 	}
 	env = mergeEnv(env, ss.env...)
-	dir := cfg.Home
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		dir = "/"
-	}
+	dir := workingDir(cfg.WorkDir, cfg.Home)
 
 	if ss.pty != nil {
 		ss.runPTY(path, argv, env, dir)
@@ -450,4 +447,18 @@ func closeAll(fs ...*os.File) {
 			f.Close()
 		}
 	}
+}
+
+// workingDir is where a command starts: workDir when it is a directory in
+// the guest, else home, else /.
+func workingDir(workDir, home string) string {
+	for _, d := range []string{workDir, home} {
+		if d == "" {
+			continue
+		}
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			return d
+		}
+	}
+	return "/"
 }

@@ -338,6 +338,18 @@ func (c *Client) PullImage(ctx context.Context, req api.PullImageRequest) (api.O
 	return op, c.json(ctx, http.MethodPost, api.PathImagePull, req, &op)
 }
 
+// RegisterImage records an unmanaged host rootfs as an image.
+func (c *Client) RegisterImage(ctx context.Context, req api.RegisterImageRequest) (api.Image, error) {
+	var img api.Image
+	return img, c.json(ctx, http.MethodPost, api.PathImageRegister, req, &img)
+}
+
+// PromoteImage copies a registered image's rootfs into managed storage.
+func (c *Client) PromoteImage(ctx context.Context, name string) (api.Image, error) {
+	var img api.Image
+	return img, c.json(ctx, http.MethodPost, fill(api.PathImagePromote, "name", name), nil, &img)
+}
+
 // ImageCatalog lists the images kiln can make by name.
 func (c *Client) ImageCatalog(ctx context.Context) ([]api.CatalogImage, error) {
 	var cat []api.CatalogImage

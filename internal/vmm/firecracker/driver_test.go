@@ -50,12 +50,12 @@ func TestStartFailsCleanlyWhenVMMExits(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	kernel := filepath.Join(dir, "vmlinux")
 	disk := filepath.Join(dir, "root.ext4")
-	for _, f := range []string{kernel, disk} {
-		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+	for f, content := range map[string]string{kernel: "\x7fELF", disk: "x"} {
+		if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	bin := writeScript(t, `echo "cannot open /dev/kvm" >&2; exit 1`)
+	bin := writeScript(t, `[ "$1" = --version ] && { echo "Firecracker v1.16.1"; exit 0; }; echo "cannot open /dev/kvm" >&2; exit 1`)
 	d := New(Config{Binary: bin})
 	spec := vmm.Spec{Name: "box", Dir: filepath.Join(dir, "run"), CPUs: 1, MemoryMiB: 128, Kernel: kernel,
 		Disks: []vmm.Disk{{Path: disk}}, SerialLog: filepath.Join(dir, "console.log")}

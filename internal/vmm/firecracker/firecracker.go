@@ -44,6 +44,10 @@ type Config struct {
 	// KVM reports whether /dev/kvm is usable for Firecracker (nil: read
 	// the live host). Only ProbeKVM consults it.
 	KVM func() error
+	// ELFKernel returns an ELF vmlinux for a bzImage kernel path, for
+	// releases that boot ELF only (see KernelFormats); the daemon passes
+	// kernel.Store.ELFImage. Nil: such a release refuses a bzImage.
+	ELFKernel func(ctx context.Context, bzImage string) (string, error)
 }
 
 // Driver implements vmm.Driver with Firecracker. Safe for concurrent use.
@@ -54,6 +58,8 @@ type Driver struct {
 	log    *slog.Logger
 	runner system.Runner
 	kvm    func() error
+	// elfKernel is Config.ELFKernel.
+	elfKernel func(ctx context.Context, bzImage string) (string, error)
 	// Waits of the ladders; fields so tests can shorten them.
 	startTimeout time.Duration
 	termWait     time.Duration
@@ -63,6 +69,9 @@ type Driver struct {
 	// children maps the pid of each VMM this process started to a channel
 	// closed once it has been reaped. Guarded by mu.
 	children map[int]chan struct{}
+	// rel is the binary's release once relKnown. Guarded by mu.
+	rel      Release
+	relKnown bool
 }
 
 var (
@@ -72,7 +81,7 @@ var (
 
 // New returns a driver for cfg.
 func New(cfg Config) *Driver {
-	d := &Driver{binary: cfg.Binary, limits: cfg.Limits, log: cfg.Logger, runner: cfg.Runner, kvm: cfg.KVM,
+	d := &Driver{binary: cfg.Binary, limits: cfg.Limits, log: cfg.Logger, runner: cfg.Runner, kvm: cfg.KVM, elfKernel: cfg.ELFKernel,
 		startTimeout: 10 * time.Second, termWait: 5 * time.Second, killWait: 10 * time.Second,
 		children: make(map[int]chan struct{})}
 	if d.binary == "" {
@@ -156,7 +165,8 @@ func (d *Driver) ProbeKVM() error { return d.kvm() }
 
 // Start implements vmm.Driver: it validates spec, starts Firecracker in its
 // own session (stdout, the guest console, appended to spec.SerialLog;
-// stderr to DIR/firecracker.log), waits for the API socket, sends Plan's
+// stderr to DIR/firecracker.log; a bzImage kernel replaced by its ELF
+// vmlinux where the release needs it, see bootKernel), waits for the API socket, sends Plan's
 // requests and InstanceStart. Any failure kills the process, removes its
 // sockets, and returns the failing request with Firecracker's
 // fault_message verbatim.
@@ -169,6 +179,10 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		return vmm.Handle{}, err
 	}
 	if err := checkFiles(spec); err != nil {
+		return vmm.Handle{}, err
+	}
+	var err error
+	if spec.Kernel, err = d.bootKernel(ctx, spec.Name, spec.Kernel); err != nil {
 		return vmm.Handle{}, err
 	}
 	bin, err := d.lookBinary()

@@ -362,6 +362,9 @@ func (e *Emulator) startLocked(ctx context.Context) error {
 	if e.cfg.NoBoot {
 		return e.listenVsockLocked(udsPath, nil)
 	}
+	if err := checkELFKernel(spec.Kernel); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(e.cfg.WorkDir, 0o700); err != nil {
 		return err
 	}
@@ -595,3 +598,21 @@ func (e *Emulator) Serve(ctx context.Context, l net.Listener) error {
 
 // WorkDirFor is the QEMU work directory kept beside an API socket.
 func WorkDirFor(apiSock string) string { return filepath.Join(filepath.Dir(apiSock), "fcemu") }
+
+// checkELFKernel refuses a kernel that is not an ELF vmlinux, as the
+// emulated release does on x86_64: Firecracker up to 1.16 loads ELF only
+// (bzImage support is firecracker-microvm/firecracker#6037, merged after
+// 1.16.1). The wording follows Firecracker's kernel loader error
+// (approximate: it is not copied from a live Firecracker).
+func checkELFKernel(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var magic [4]byte
+	if _, err := io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != "\x7fELF" {
+		return errors.New("Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image: Invalid Elf magic number")
+	}
+	return nil
+}

@@ -1,0 +1,261 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/kilnvm/kiln/internal/api"
+	"github.com/kilnvm/kiln/internal/store"
+	"github.com/kilnvm/kiln/internal/vmm"
+)
+
+// forwardHost is the only address forwards listen on: a forward exposes a
+// guest port to the host's own users, never to the network.
+const forwardHost = "127.0.0.1"
+
+// forwardSet holds the daemon's port forwards: a listener on the host per
+// forward, each connection spliced to an SSH direct-tcpip channel through
+// the VM's agent (so forwards work with guest networking off). Forwards
+// live in memory: they end with the VM (stop, kill, delete) or the daemon.
+type forwardSet struct {
+	mu sync.Mutex // guards m; a leaf: never held across guest I/O or listener Close
+	m  map[int]*forward
+}
+
+// forward is one listener and its live connections.
+type forward struct {
+	api.Forward
+	vmID string
+	l    net.Listener
+
+	mu     sync.Mutex             // guards conns and closed; a leaf, never nested with forwardSet.mu
+	conns  map[io.Closer]struct{} // host connections and guest streams
+	closed bool
+	done   sync.WaitGroup // the accept loop and the connections' splices
+}
+
+// AddForward starts forwarding a 127.0.0.1 host port to a guest port of a
+// running VM. A taken host port is a conflict; nothing is left behind on
+// failure.
+func (d *Daemon) AddForward(ctx context.Context, ref string, req api.ForwardRequest) (api.Forward, error) {
+	if req.GuestPort < 1 || req.GuestPort > 65535 {
+		return api.Forward{}, api.Errorf(api.ErrBadRequest, "guest port %d: want 1-65535", req.GuestPort)
+	}
+	if req.HostPort < 0 || req.HostPort > 65535 {
+		return api.Forward{}, api.Errorf(api.ErrBadRequest, "host port %d: want 0-65535 (0 picks a free one)", req.HostPort)
+	}
+	var out api.Forward
+	err := d.withVM(ctx, ref, func(v store.VM) error {
+		if err := requireState(v, "forward a port to", api.StateRunning); err != nil {
+			return err
+		}
+		h, err := d.readHandle(v.ID)
+		if err != nil {
+			return fmt.Errorf("vm %q has no live handle: %w", v.Name, api.ErrUnavailable)
+		}
+		var lc net.ListenConfig
+		l, err := lc.Listen(ctx, "tcp4", net.JoinHostPort(forwardHost, strconv.Itoa(req.HostPort)))
+		if err != nil {
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return api.Hinted(fmt.Errorf("host port %d is in use: %w", req.HostPort, api.ErrConflict),
+					"pick another host port (HOST_PORT:GUEST_PORT), or 0 for a free one; `kiln vm forward --list` shows kiln's forwards")
+			}
+			return fmt.Errorf("listen on %s:%d: %w", forwardHost, req.HostPort, err)
+		}
+		f := &forward{vmID: v.ID, l: l, conns: map[io.Closer]struct{}{},
+			Forward: api.Forward{VM: v.Name, HostAddr: forwardHost, HostPort: l.Addr().(*net.TCPAddr).Port, GuestPort: req.GuestPort}}
+		d.fwd.mu.Lock()
+		if d.fwd.m == nil {
+			d.fwd.m = map[int]*forward{}
+		}
+		d.fwd.m[f.HostPort] = f
+		d.fwd.mu.Unlock()
+		log := d.logger.With("vm", v.Name, "host_port", f.HostPort, "guest_port", f.GuestPort)
+		f.done.Add(1)
+		go func() {
+			defer f.done.Done()
+			d.serveForward(f, h, log)
+		}()
+		log.Info("port forward added", "op_id", opID(ctx))
+		out = f.Forward
+		return nil
+	})
+	return out, err
+}
+
+// serveForward accepts until the listener is closed; each connection gets
+// its own direct-tcpip channel to 127.0.0.1:GuestPort in the guest.
+func (d *Daemon) serveForward(f *forward, h vmm.Handle, log *slog.Logger) {
+	for {
+		conn, err := f.l.Accept()
+		if err != nil {
+			return // closed
+		}
+		if !f.track(conn) {
+			conn.Close()
+			return
+		}
+		f.done.Add(1)
+		go func() {
+			defer f.done.Done()
+			defer f.untrack(conn)
+			defer conn.Close()
+			gc, err := d.guests.get(f.vmID, h, d.layout.VMDir(f.vmID), d.logger)
+			if err != nil {
+				log.Warn("port forward: no agent channel", "err", err)
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			stream, err := gc.DialGuest(ctx, "127.0.0.1", f.GuestPort)
+			cancel()
+			if err != nil {
+				log.Info("port forward: guest connection failed", "err", err)
+				return
+			}
+			if !f.track(stream) {
+				stream.Close()
+				return
+			}
+			defer f.untrack(stream)
+			splice(conn, conn, stream)
+		}()
+	}
+}
+
+func (f *forward) track(c io.Closer) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.conns[c] = struct{}{}
+	return true
+}
+
+func (f *forward) untrack(c io.Closer) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.conns, c)
+}
+
+// close stops the listener and every live connection, and waits for the
+// forward's goroutines.
+func (f *forward) close() {
+	f.mu.Lock()
+	f.closed = true
+	conns := f.conns
+	f.conns = map[io.Closer]struct{}{}
+	f.mu.Unlock()
+	f.l.Close()
+	for c := range conns {
+		c.Close()
+	}
+	f.done.Wait()
+}
+
+// take removes and returns the forwards matching match.
+func (s *forwardSet) take(match func(*forward) bool) []*forward {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*forward
+	for port, f := range s.m {
+		if match(f) {
+			out = append(out, f)
+			delete(s.m, port)
+		}
+	}
+	return out
+}
+
+// releaseVM ends every forward of a VM (it stopped or is deleted).
+func (s *forwardSet) releaseVM(vmID string) {
+	for _, f := range s.take(func(f *forward) bool { return f.vmID == vmID }) {
+		f.close()
+	}
+}
+
+func (s *forwardSet) closeAll() {
+	for _, f := range s.take(func(*forward) bool { return true }) {
+		f.close()
+	}
+}
+
+// list returns the forwards of one VM (vmID "" for all), by host port.
+func (s *forwardSet) list(vmID string) []api.Forward {
+	s.mu.Lock()
+	out := []api.Forward{}
+	for _, f := range s.m {
+		if vmID == "" || f.vmID == vmID {
+			out = append(out, f.Forward)
+		}
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].HostPort < out[j].HostPort })
+	return out
+}
+
+// RemoveForward ends the forward of a VM's host port.
+func (d *Daemon) RemoveForward(ctx context.Context, ref string, hostPort int) error {
+	v, err := d.store.GetVM(ctx, ref)
+	if err != nil {
+		return err
+	}
+	fs := d.fwd.take(func(f *forward) bool { return f.vmID == v.ID && f.HostPort == hostPort })
+	if len(fs) == 0 {
+		return api.Hinted(fmt.Errorf("vm %q has no forward of host port %d: %w", v.Name, hostPort, api.ErrNotFound),
+			fmt.Sprintf("see `kiln vm forward --list %s`", v.Name))
+	}
+	for _, f := range fs {
+		f.close()
+	}
+	d.log(ctx).Info("port forward removed", "vm", v.Name, "host_port", hostPort)
+	return nil
+}
+
+// Handlers.
+
+func (d *Daemon) handleAddForward(w http.ResponseWriter, r *http.Request) error {
+	var req api.ForwardRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	f, err := d.AddForward(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, f)
+}
+
+func (d *Daemon) handleListVMForwards(w http.ResponseWriter, r *http.Request) error {
+	v, err := d.store.GetVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, d.fwd.list(v.ID))
+}
+
+func (d *Daemon) handleListForwards(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, http.StatusOK, d.fwd.list(""))
+}
+
+func (d *Daemon) handleRemoveForward(w http.ResponseWriter, r *http.Request) error {
+	port, err := strconv.Atoi(r.PathValue("port"))
+	if err != nil || port < 1 || port > 65535 {
+		return api.Errorf(api.ErrBadRequest, "host port %q: want 1-65535", r.PathValue("port"))
+	}
+	if err := d.RemoveForward(r.Context(), r.PathValue("name"), port); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
