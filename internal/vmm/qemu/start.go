@@ -33,7 +33,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	if err := validateSpec(spec, paths, d.dec.Channel); err != nil {
 		return vmm.Handle{}, err
 	}
-	if err := checkFiles(spec); err != nil {
+	if err := vmm.CheckFiles(spec); err != nil {
 		return vmm.Handle{}, err
 	}
 	bin, err := d.lookBinary()
@@ -108,7 +108,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	}
 	exited := func() error {
 		return fmt.Errorf("qemu exited (%s) before it was ready: %s",
-			cmd.ProcessState, logTail(paths.Log, logStart))
+			cmd.ProcessState, vmm.LogTail("qemu", paths.Log, logStart))
 	}
 
 	if err := d.waitReady(ctx, paths.QMP, done); err != nil {
@@ -198,66 +198,4 @@ func (d *Driver) claimDir(ctx context.Context, name string, paths Paths) error {
 // isRefused reports whether a dial failed because nothing listens.
 func isRefused(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist)
-}
-
-// checkFiles verifies that the files the spec names can be opened, so a
-// typo fails with a clear, classed error instead of a QEMU exit.
-func checkFiles(spec vmm.Spec) error {
-	check := func(what, path string) error {
-		f, err := os.Open(path)
-		if err != nil {
-			return api.Errorf(api.ErrBadRequest, "vm %q: %s: %v", spec.Name, what, err)
-		}
-		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			return api.Errorf(api.ErrBadRequest, "vm %q: %s: %v", spec.Name, what, err)
-		}
-		if fi.IsDir() {
-			return api.Errorf(api.ErrBadRequest, "vm %q: %s %s is a directory", spec.Name, what, path)
-		}
-		return nil
-	}
-	if err := check("kernel", spec.Kernel); err != nil {
-		return err
-	}
-	if spec.Initrd != "" {
-		if err := check("initrd", spec.Initrd); err != nil {
-			return err
-		}
-	}
-	for i, disk := range spec.Disks {
-		if err := check(fmt.Sprintf("disk %d", i), disk.Path); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// logTail returns the last lines QEMU wrote to its log after offset, on
-// one line, for an error message.
-func logTail(path string, offset int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("(no qemu log: %v)", err)
-	}
-	defer f.Close()
-	const max = 4096
-	if fi, err := f.Stat(); err == nil && fi.Size()-offset > max {
-		offset = fi.Size() - max
-	}
-	b, _ := io.ReadAll(io.NewSectionReader(f, offset, max))
-	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) == 0 {
-		return "(qemu log is empty)"
-	}
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	return strings.Join(lines, "; ")
 }
