@@ -178,7 +178,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	if err := validateSpec(spec, paths); err != nil {
 		return vmm.Handle{}, err
 	}
-	if err := checkFiles(spec); err != nil {
+	if err := vmm.CheckFiles(spec); err != nil {
 		return vmm.Handle{}, err
 	}
 	var err error
@@ -225,7 +225,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	fmt.Fprintf(errf, "--- kiln: %s: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), bin, strings.Join(args, " "))
 	logStart, _ := errf.Seek(0, io.SeekEnd)
 
-	cmd := exec.Command(bin, args...)
+	cmd := privateCommand(bin, args...)
 	cmd.Stdout, cmd.Stderr = outf, errf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -256,7 +256,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		return vmm.Handle{}, fmt.Errorf("vm %q: %w", spec.Name, err)
 	}
 	exited := func() error {
-		return fmt.Errorf("firecracker exited (%s) before it was ready: %s", cmd.ProcessState, logTail(paths.Log, logStart))
+		return fmt.Errorf("firecracker exited (%s) before it was ready: %s", cmd.ProcessState, vmm.LogTail("firecracker", paths.Log, logStart))
 	}
 	c := NewClient(paths.API)
 	if err := c.WaitReady(ctx, d.startTimeout, done); err != nil {
@@ -310,57 +310,4 @@ func (d *Driver) claimDir(ctx context.Context, name string, paths Paths) error {
 	return nil
 }
 
-// checkFiles verifies that the files the spec names are regular files.
-func checkFiles(spec vmm.Spec) error {
-	check := func(what, path string) error {
-		fi, err := os.Stat(path)
-		if err != nil {
-			return api.Errorf(api.ErrBadRequest, "vm %q: %s: %v", spec.Name, what, err)
-		}
-		if fi.IsDir() {
-			return api.Errorf(api.ErrBadRequest, "vm %q: %s %s is a directory", spec.Name, what, path)
-		}
-		return nil
-	}
-	if err := check("kernel", spec.Kernel); err != nil {
-		return err
-	}
-	if spec.Initrd != "" {
-		if err := check("initrd", spec.Initrd); err != nil {
-			return err
-		}
-	}
-	for i, disk := range spec.Disks {
-		if err := check(fmt.Sprintf("disk %d", i), disk.Path); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
-// logTail returns the last lines written to path after offset, on one line.
-func logTail(path string, offset int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("(no firecracker log: %v)", err)
-	}
-	defer f.Close()
-	const max = 4096
-	if fi, err := f.Stat(); err == nil && fi.Size()-offset > max {
-		offset = fi.Size() - max
-	}
-	b, _ := io.ReadAll(io.NewSectionReader(f, offset, max))
-	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) == 0 {
-		return "(firecracker log is empty)"
-	}
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	return strings.Join(lines, "; ")
-}
