@@ -309,5 +309,3 @@ func (d *Driver) claimDir(ctx context.Context, name string, paths Paths) error {
 	}
 	return nil
 }
-
-
