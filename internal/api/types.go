@@ -57,6 +57,9 @@ type CreateVMRequest struct {
 	// NoNAT keeps the VM off NAT (it reaches the host and other VMs only)
 	// when the daemon's network is on.
 	NoNAT bool `json:"no_nat,omitempty"`
+	// VMM picks the VM's VMM: "qemu", "firecracker", or "auto"/empty for
+	// the daemon's default. It is recorded with the VM (VM.Driver).
+	VMM string `json:"vmm,omitempty"`
 }
 
 // SSHCredentials let a client speak SSH to a VM's agent through the

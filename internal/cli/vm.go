@@ -30,6 +30,7 @@ func newVMCmd(e *env) *cobra.Command {
 
 type createFlags struct {
 	name, image, kernel string
+	vmm                 string
 	vcpus, memory       int
 	noNAT               bool
 }
@@ -40,6 +41,7 @@ func (f *createFlags) bind(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.kernel, "kernel", "", "kernel to boot (default: the image's, then the configuration's)")
 	cmd.Flags().IntVar(&f.vcpus, "vcpus", 0, "virtual CPUs")
 	cmd.Flags().IntVar(&f.memory, "memory", 0, "memory in MiB")
+	cmd.Flags().StringVar(&f.vmm, "vmm", "", "VMM for this VM: qemu, firecracker or auto (default: the daemon's)")
 	cmd.Flags().BoolVar(&f.noNAT, "no-nat", false, "keep the VM off NAT: it reaches the host and other VMs only (when the daemon's network is on)")
 }
 
@@ -53,7 +55,7 @@ func (f *createFlags) request() (api.CreateVMRequest, error) {
 	if err := api.ValidateName("VM", name); err != nil {
 		return api.CreateVMRequest{}, err
 	}
-	return api.CreateVMRequest{Name: name, Image: f.image, Kernel: f.kernel, VCPUs: f.vcpus, MemoryMiB: f.memory, NoNAT: f.noNAT}, nil
+	return api.CreateVMRequest{Name: name, Image: f.image, Kernel: f.kernel, VCPUs: f.vcpus, MemoryMiB: f.memory, NoNAT: f.noNAT, VMM: f.vmm}, nil
 }
 
 // createVM runs a create operation to its end, showing its stages.
@@ -178,6 +180,12 @@ func newVMShowCmd(e *env) *cobra.Command {
 			row("vcpus", vm.VCPUs)
 			row("memory", fmt.Sprintf("%d MiB", vm.MemoryMiB))
 			row("vmm", strings.TrimSuffix(vm.Driver+"/"+vm.Accel, "/"))
+			if vm.Address != "" {
+				row("address", vm.Address)
+			}
+			if vm.DNSName != "" {
+				row("dns name", vm.DNSName)
+			}
 			if vm.PID != 0 {
 				row("pid", vm.PID)
 			}

@@ -65,8 +65,14 @@ func (e *env) prepareWorkspace(ctx context.Context, c *client.Client, vmName, pa
 		}
 	}
 	var files []string
+	var changes workspace.Changes
 	if !f.fullCopy && f.from == "" {
-		if files, err = workspace.ListFiles(ctx, r, repo.Root, f.includeUntracked); err != nil {
+		if dryRun {
+			files, err = workspace.ListFiles(ctx, r, repo.Root, f.includeUntracked)
+		} else {
+			changes, err = workspace.ListChanges(ctx, r, repo.Root, repo.Head, f.includeUntracked)
+		}
+		if err != nil {
 			return workspace.Prepared{}, err
 		}
 	}
@@ -85,7 +91,7 @@ func (e *env) prepareWorkspace(ctx context.Context, c *client.Client, vmName, pa
 	}
 	defer gc.Close()
 	start := time.Now()
-	p, err := workspace.Prepare(ctx, gc, repo, files, opts)
+	p, err := workspace.Prepare(ctx, gc, repo, changes, opts)
 	if err != nil {
 		return p, fmt.Errorf("prepare the workspace of vm %s: %w", vmName, err)
 	}
@@ -93,8 +99,8 @@ func (e *env) prepareWorkspace(ctx context.Context, c *client.Client, vmName, pa
 		return p, err
 	}
 	if !e.jsonOut {
-		fmt.Fprintf(e.stderr, "workspace %s → %s:%s (%d files, %s, branch %s at %.12s) %s\n", repo.Root, vmName, p.GuestPath,
-			p.Copy.Files, humanBytes(p.Copy.Bytes), p.Branch, p.Head, e.dim(fmtDur(time.Since(start))))
+		fmt.Fprintf(e.stderr, "workspace %s → %s:%s (%d files from the history, %d copied from disk, %s, branch %s at %.12s) %s\n", repo.Root, vmName, p.GuestPath,
+			p.Copy.CheckedOut, p.Copy.Files, humanBytes(p.Copy.Bytes), p.Branch, p.Head, e.dim(fmtDur(time.Since(start))))
 	}
 	return p, nil
 }

@@ -63,7 +63,8 @@ type Config struct {
 	// SocketGroup, if it exists, owns the API socket (mode 0660).
 	SocketGroup string `toml:"socket_group"`
 	// Network gives VMs a bridge, TAP, address, NAT and DNS name
-	// (internal/network). Off by default.
+	// (internal/network), or user-mode networking (see NetworkMode). On by
+	// default; `network = false` boots VMs with no network device.
 	Network bool `toml:"network"`
 	// Bridge, Subnet and DNSZone configure that network.
 	Bridge  string `toml:"bridge"`
@@ -71,6 +72,10 @@ type Config struct {
 	DNSZone string `toml:"dns_zone"`
 	// NAT is the default for VMs' outbound NAT (`vm create --no-nat` opts out).
 	NAT bool `toml:"nat"`
+	// NetworkMode is "bridge" (TAPs on the bridge), "user" (QEMU
+	// user-mode networking: no TAP, no bridge, no privileges needed) or
+	// "auto": bridge when the daemon can create TAPs, else user.
+	NetworkMode string `toml:"network_mode"`
 	// Failpoint names a create/delete stage at which the daemon kills itself
 	// with SIGKILL. Test-only: set through KILN_FAILPOINT, never in a file.
 	Failpoint string `toml:"-"`
@@ -103,7 +108,8 @@ func Default() Config {
 		StopTimeout: Duration{10 * time.Second},
 		BootTimeout: Duration{3 * time.Minute},
 		SocketGroup: "kiln",
-		Bridge:      "kiln0", Subnet: "10.231.0.0/24", DNSZone: "vm", NAT: true,
+		Network:     true, Bridge: "kiln0", Subnet: "10.231.0.0/24", DNSZone: "vm", NAT: true,
+		NetworkMode: "auto",
 	}
 }
 
@@ -141,9 +147,11 @@ func (c *Config) applyEnv(env []string) error {
 		"KILN_DEFAULT_IMAGE": &c.DefaultImage, "KILN_DEFAULT_KERNEL": &c.DefaultKernel, "KILN_IMAGE_CATALOG": &c.ImageCatalog,
 		"KILN_KERNEL_CMDLINE": &c.KernelCmdline, "KILN_SOCKET_GROUP": &c.SocketGroup,
 		"KILN_FAILPOINT": &c.Failpoint, "KILN_FIRECRACKER_BINARY": &c.FirecrackerBinary,
+		"KILN_NETWORK_MODE": &c.NetworkMode,
 	}
 	ints := map[string]*int{"KILN_VCPUS": &c.VCPUs, "KILN_MEMORY_MIB": &c.MemoryMiB}
 	durs := map[string]*Duration{"KILN_STOP_TIMEOUT": &c.StopTimeout, "KILN_BOOT_TIMEOUT": &c.BootTimeout}
+	bools := map[string]*bool{"KILN_NETWORK": &c.Network, "KILN_NAT": &c.NAT}
 	for _, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !strings.HasPrefix(k, "KILN_") {
@@ -161,6 +169,12 @@ func (c *Config) applyEnv(env []string) error {
 			if err := p.UnmarshalText([]byte(v)); err != nil {
 				return fmt.Errorf("%s=%q: %v: %w", k, v, err, api.ErrBadRequest)
 			}
+		} else if p, ok := bools[k]; ok {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%s=%q: want true or false: %w", k, v, api.ErrBadRequest)
+			}
+			*p = b
 		}
 	}
 	return nil
@@ -190,6 +204,11 @@ func (c Config) Validate() error {
 	}
 	if c.MemoryMiB < 128 {
 		return bad("memory_mib %d: want at least 128", c.MemoryMiB)
+	}
+	switch c.NetworkMode {
+	case "auto", "bridge", "user":
+	default:
+		return bad("network_mode %q: want auto, bridge or user", c.NetworkMode)
 	}
 	if c.Network {
 		if _, err := netip.ParsePrefix(c.Subnet); err != nil {

@@ -31,7 +31,7 @@ func TestLayers(t *testing.T) {
 	if cfg.SocketPath() != "/tmp/r/kiln.sock" || cfg.Layout().Database() != "/srv/kiln/kiln.db" {
 		t.Fatalf("derived paths: %s %s", cfg.SocketPath(), cfg.Layout().Database())
 	}
-	if cfg.VMM != "auto" || cfg.DefaultImage != "debian" {
+	if cfg.VMM != "auto" || cfg.DefaultImage != "debian" || !cfg.Network {
 		t.Fatalf("defaults lost: %+v", cfg)
 	}
 }
@@ -51,6 +51,8 @@ func TestBadConfigIsRefused(t *testing.T) {
 		"bad level":        {"log_level = \"loud\"\n", nil},
 		"bad env number":   {"", []string{"KILN_VCPUS=many"}},
 		"bad env duration": {"", []string{"KILN_STOP_TIMEOUT=soon"}},
+		"bad env bool":     {"", []string{"KILN_NETWORK=maybe"}},
+		"bad network mode": {"network_mode = \"slirp\"\n", nil},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -64,5 +66,16 @@ func TestBadConfigIsRefused(t *testing.T) {
 func TestMissingFiles(t *testing.T) {
 	if _, err := Load(filepath.Join(t.TempDir(), "nope.toml"), nil); err == nil {
 		t.Fatal("an explicitly named missing file must be an error")
+	}
+}
+
+func TestNetworkCanBeTurnedOff(t *testing.T) {
+	cfg, err := Load(write(t, ""), []string{"KILN_NETWORK=false"})
+	if err != nil || cfg.Network {
+		t.Fatalf("KILN_NETWORK=false: network %v, err %v", cfg.Network, err)
+	}
+	cfg, err = Load(write(t, "network = false\n"), nil)
+	if err != nil || cfg.Network {
+		t.Fatalf("network = false: network %v, err %v", cfg.Network, err)
 	}
 }

@@ -27,8 +27,6 @@ import (
 	"github.com/kilnvm/kiln/internal/store"
 	"github.com/kilnvm/kiln/internal/system"
 	"github.com/kilnvm/kiln/internal/vmm"
-	"github.com/kilnvm/kiln/internal/vmm/firecracker"
-	"github.com/kilnvm/kiln/internal/vmm/qemu"
 )
 
 // Version is the kiln version, set at build time with -ldflags.
@@ -45,7 +43,8 @@ type Daemon struct {
 	kernels   *kernel.Store
 	images    *image.Store
 	disks     disk.Backend
-	driver    vmm.Driver
+	driver    vmm.Driver // the default VMM (config `vmm`); per-VM work uses driverFor
+	drivers   driverSet  // every VMM that probed OK (drivers.go)
 	agentPath string
 	ops       *opstate.Registry
 	listener  net.Listener
@@ -61,6 +60,8 @@ type Daemon struct {
 	// net is the VM network (network.go), nil when `network = false`;
 	// it owns its own leaf locks (TAP pool, NAT, DNS records).
 	net *network.Manager
+	// userNet: the network is on in user mode (usernet.go); net is nil.
+	userNet bool
 
 	closeOnce sync.Once
 	stopBg    context.CancelFunc
@@ -111,11 +112,12 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	if d.disks == nil {
 		return nil, fmt.Errorf("no disk backend works in %s: %v", l.StateDir, probes)
 	}
-	if d.driver, err = pickDriver(ctx, cfg, d.logger, d.kernels.ELFImage); err != nil {
+	if d.drivers, err = pickDrivers(ctx, cfg, d.logger, d.kernels.ELFImage); err != nil {
 		return nil, err
 	}
+	d.driver = d.drivers.def
 	f := d.driver.Features()
-	d.logger.Info("kiln daemon starting", "version", Version, "state_dir", l.StateDir, "vmm", d.driver.Name(),
+	d.logger.Info("kiln daemon starting", "version", Version, "state_dir", l.StateDir, "vmm", d.driver.Name(), "vmms", d.drivers.names(),
 		"accel", f.Accel, "channel", f.Channel, "disk_backend", d.disks.Name(), "agent", agentPath)
 	if f.AccelNote != "" {
 		d.logger.Warn(f.AccelNote)
@@ -131,29 +133,6 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	}
 	if d.listener, err = listen(ctx, cfg.SocketPath(), cfg.SocketGroup, d.logger); err != nil {
 		return nil, err
-	}
-	return d, nil
-}
-
-// pickDriver chooses the VMM: "firecracker" must probe (its binary, at
-// least firecracker.MinRelease); "auto" takes Firecracker when it probes
-// and KVM is usable (see pickVMM), else QEMU.
-// elfKernel extracts an ELF vmlinux for Firecracker releases that need one.
-func pickDriver(ctx context.Context, cfg config.Config, logger *slog.Logger, elfKernel func(context.Context, string) (string, error)) (vmm.Driver, error) {
-	if cfg.VMM == "firecracker" || cfg.VMM == "auto" {
-		fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary, Logger: logger, ELFKernel: elfKernel})
-		choice := pickVMM(cfg.VMM, fc.Probe(ctx), fc.ProbeKVM())
-		logger.Info("vmm: " + choice.Summary)
-		if choice.Err != nil {
-			return nil, fmt.Errorf("firecracker driver: %w", choice.Err)
-		}
-		if choice.Name == "firecracker" {
-			return fc, nil
-		}
-	}
-	d := qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.Accel, Logger: logger})
-	if err := d.Probe(ctx); err != nil {
-		return nil, fmt.Errorf("qemu driver: %w", err)
 	}
 	return d, nil
 }

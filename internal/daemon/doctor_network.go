@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -9,6 +10,7 @@ import (
 
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/config"
+	"github.com/kilnvm/kiln/internal/network"
 )
 
 // networkChecks says whether this host can give VMs a network: the TUN
@@ -21,6 +23,9 @@ func networkChecks(cfg config.Config) []api.Check {
 		bad = "info"
 		out = append(out, api.Check{Name: "network", Status: "info",
 			Detail: "network = false: VMs get no network; `kiln vm forward` still reaches guest ports through the agent"})
+	} else if mode, why := pickNetworkMode(cfg.NetworkMode, canCreateTAPs()); mode == netModeUser { // usernet.go
+		out = append(out, api.Check{Name: "network", Status: "pass",
+			Detail: "network = true, user mode (" + why + "): guests get 10.0.2.15 behind QEMU's NAT; no bridge, no " + cfg.DNSZone + " names; use `kiln vm forward` to reach guest ports"})
 	} else {
 		out = append(out, api.Check{Name: "network", Status: "pass",
 			Detail: fmt.Sprintf("network = true: bridge %s, subnet %s, zone .%s", cfg.Bridge, cfg.Subnet, cfg.DNSZone)})
@@ -49,7 +54,25 @@ func networkChecks(cfg config.Config) []api.Check {
 	} else {
 		out = append(out, api.Check{Name: "nftables", Status: "pass", Detail: "nftables answers (NAT through netlink; no iptables needed)"})
 	}
-	return out
+	return append(out, hostDNSCheck(cfg, network.ProbeResolverHost()))
+}
+
+// hostDNSCheck says how the host will resolve names in the VM zone: through
+// systemd-resolved (configured by the daemon) or by a recipe the user runs.
+func hostDNSCheck(cfg config.Config, h network.ResolverHost) api.Check {
+	var dnsAddr netip.Addr // the bridge's address, where the daemon's DNS server listens
+	if sub, err := netip.ParsePrefix(cfg.Subnet); err == nil {
+		dnsAddr = sub.Masked().Addr().Next()
+	}
+	i := network.PlanDNSIntegration(h, cfg.Bridge, dnsAddr, cfg.DNSZone)
+	switch {
+	case !cfg.Network:
+		return api.Check{Name: "host dns", Status: "info", Detail: "network = false: no " + cfg.DNSZone + " zone to resolve"}
+	case i.Kind == network.DNSResolved:
+		return api.Check{Name: "host dns", Status: "pass", Detail: i.Detail + " (the daemon sets it up and reverts it when it stops)"}
+	default:
+		return api.Check{Name: "host dns", Status: "info", Detail: "*." + cfg.DNSZone + " names are not routed on the host: " + i.Detail, Fix: i.Recipe}
+	}
 }
 
 func exists(p string) bool {

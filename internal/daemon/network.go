@@ -51,11 +51,18 @@ func (d *Daemon) openNetwork(ctx context.Context) error {
 	if !d.cfg.Network {
 		return nil
 	}
+	mode, why := pickNetworkMode(d.cfg.NetworkMode, canCreateTAPs()) // usernet.go
+	d.logger.Info("network mode", "mode", mode, "why", why)
+	if mode == netModeUser {
+		d.userNet = true
+		return nil
+	}
 	nc, err := networkConfig(configView{d.cfg.Bridge, d.cfg.Subnet, d.cfg.DNSZone})
 	if err != nil {
 		return err
 	}
 	nc.Logger = d.logger
+	nc.Resolver, nc.Runner = network.ProbeResolverHost(), d.runner // systemd-resolved routing for the zone
 	m, err := network.Open(ctx, nc, d.store)
 	if err != nil {
 		return api.Hinted(fmt.Errorf("network: %w", err), "set `network = false` in the configuration to run without VM networking")
@@ -75,7 +82,17 @@ func (d *Daemon) netReconcile(ctx context.Context) error {
 	}
 	var running []network.Running
 	for _, v := range vms {
-		if _, alive := d.liveHandle(v.ID); alive && v.State == api.StateRunning {
+		drv, err := d.driverFor(v)
+		if err != nil && v.State == api.StateRunning {
+			// Its driver is unavailable here (reconcile left it alone):
+			// keep its network as a running VM's.
+			running = append(running, network.Running{VMID: v.ID, Name: v.Name})
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		if _, alive := d.liveHandle(drv, v.ID); alive && v.State == api.StateRunning {
 			running = append(running, network.Running{VMID: v.ID, Name: v.Name})
 		}
 	}
@@ -98,6 +115,9 @@ func (d *Daemon) netAllocate(ctx context.Context, rec store.VM, nat bool, undo *
 // netUp attaches a booting VM and returns the guest's NIC configuration
 // and the VMM's NICs; nil and none when the network is off.
 func (d *Daemon) netUp(ctx context.Context, op *opstate.Op, rec store.VM, undo *undoStack) (*proto.NetworkConfig, []vmm.NIC, error) {
+	if d.userNet {
+		return d.userNetUp(ctx, rec)
+	}
 	if d.net == nil {
 		return nil, nil, nil
 	}

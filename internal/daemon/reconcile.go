@@ -26,7 +26,14 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 	var errs []error
 	for _, v := range vms {
 		known[v.ID] = true
-		_, alive := d.liveHandle(v.ID)
+		drv, err := d.driverFor(v)
+		if err != nil {
+			// Its VMM may well be running: leave the VM and its files
+			// alone until a daemon that has its driver looks at it.
+			d.logger.Warn("reconcile: leaving vm alone", "vm", v.Name, "vm_id", v.ID, "state", v.State, "err", err)
+			continue
+		}
+		_, alive := d.liveHandle(drv, v.ID)
 		log := d.logger.With("vm", v.Name, "vm_id", v.ID, "state", v.State, "vmm_alive", alive)
 		switch {
 		case v.State == api.StateCreating:

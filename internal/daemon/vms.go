@@ -110,11 +110,15 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest) (*opstat
 	if req.Kernel == "" {
 		req.Kernel = d.cfg.DefaultKernel
 	}
+	drv, err := d.drivers.forRequest(req.VMM) // drivers.go
+	if err != nil {
+		return nil, err
+	}
 	if _, err := d.kernels.Get(ctx, req.Kernel); err != nil {
 		return nil, api.Hinted(fmt.Errorf("kernel %q: %w", req.Kernel, err), "see `kiln kernel list`; get one with `kiln kernel pull debian`")
 	}
 	rec := store.VM{ID: newVMID(), Name: req.Name, State: api.StateCreating, Image: req.Image,
-		Kernel: req.Kernel, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Driver: d.driver.Name()}
+		Kernel: req.Kernel, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Driver: drv.Name()}
 	d.createVMMu.Lock()
 	err = d.store.CreateVM(ctx, rec)
 	d.createVMMu.Unlock()
@@ -212,6 +216,10 @@ func (d *Daemon) createLocked(ctx context.Context, op *opstate.Op, rec store.VM,
 // the VM's lock held.
 func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *undoStack) error {
 	dir := d.layout.VMDir(rec.ID)
+	drv, err := d.driverFor(rec)
+	if err != nil {
+		return err
+	}
 	netCfg, nics, err := d.netUp(ctx, op, rec, undo) // network.go; nothing when off
 	if err != nil {
 		return err
@@ -221,7 +229,7 @@ func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *u
 	if err != nil {
 		return err
 	}
-	if err := d.writeInitrd(rec, k.Initramfs, netCfg); err != nil {
+	if err := d.writeInitrd(rec, k.Initramfs, netCfg, drv.Features().Channel); err != nil {
 		return err
 	}
 	runDir := d.layout.VMRunDir(rec.ID)
@@ -239,15 +247,15 @@ func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *u
 	if err := os.WriteFile(filepath.Join(dir, paths.VMCmdline), []byte(spec.Cmdline+"\n"), 0o644); err != nil {
 		return fmt.Errorf("record kernel command line: %w", err)
 	}
-	d.stage(op, stageBoot, d.driver.Name()+"/"+d.driver.Features().Accel)
-	h, err := d.driver.Start(ctx, spec)
+	d.stage(op, stageBoot, drv.Name()+"/"+drv.Features().Accel)
+	h, err := drv.Start(ctx, spec)
 	if err != nil {
-		return fmt.Errorf("start %s: %w", d.driver.Name(), err)
+		return fmt.Errorf("start %s: %w", drv.Name(), err)
 	}
 	d.failpoint("vmm started")
 	undo.push("vmm", func(ctx context.Context) error {
 		d.guests.drop(rec.ID)
-		err := d.driver.Kill(ctx, h)
+		err := drv.Kill(ctx, h)
 		return errors.Join(err, d.removeHandle(rec.ID))
 	})
 	if err := d.writeHandle(rec.ID, h); err != nil {
@@ -261,7 +269,7 @@ func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *u
 		return err
 	}
 	if err := gc.WaitReady(wctx); err != nil {
-		if !d.driver.Alive(h) {
+		if !drv.Alive(h) {
 			return fmt.Errorf("the VM stopped while booting; its console says:\n%s", tailFile(spec.SerialLog, 15))
 		}
 		return api.Hinted(fmt.Errorf("guest agent did not answer within %s: %w; console tail:\n%s", d.cfg.BootTimeout.Duration, err, tailFile(spec.SerialLog, 15)),
@@ -274,7 +282,7 @@ func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *u
 
 // writeInitrd assembles the VM's initrd: the kernel's base initramfs
 // (modules), then a cpio with the agent as /init and the per-VM config.
-func (d *Daemon) writeInitrd(rec store.VM, base string, netCfg *proto.NetworkConfig) (err error) {
+func (d *Daemon) writeInitrd(rec store.VM, base string, netCfg *proto.NetworkConfig, driverChannel string) (err error) {
 	dir := d.layout.VMDir(rec.ID)
 	hostKey, err := os.ReadFile(filepath.Join(dir, paths.VMHostKey))
 	if err != nil {
@@ -292,7 +300,7 @@ func (d *Daemon) writeInitrd(rec store.VM, base string, netCfg *proto.NetworkCon
 		Name: rec.Name, Hostname: rec.Name, HostKey: string(hostKey),
 		AuthorizedKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))},
 		RootDevice:     "/dev/vda", RootFSType: "ext4", Init: proto.InitAuto,
-		Channel: channelFor(d.driver.Features().Channel),
+		Channel: channelFor(driverChannel),
 		Network: netCfg,
 	}
 	d.applyImageRuntime(rec.Image, &cfg) // image_runtime.go: the image's Env and WorkingDir
@@ -451,8 +459,12 @@ func (d *Daemon) StopVM(ctx context.Context, ref string) (api.VM, error) {
 		if err := requireState(v, "stop", api.StateRunning, api.StateError); err != nil {
 			return err
 		}
+		drv, err := d.driverFor(v)
+		if err != nil {
+			return err
+		}
 		h, herr := d.readHandle(v.ID)
-		if herr == nil && d.driver.Alive(h) {
+		if herr == nil && drv.Alive(h) {
 			if gc, err := d.guests.get(v.ID, h, d.layout.VMDir(v.ID), d.logger); err == nil {
 				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				if err := gc.Poweroff(pctx); err != nil {
@@ -460,7 +472,7 @@ func (d *Daemon) StopVM(ctx context.Context, ref string) (api.VM, error) {
 				}
 				cancel()
 			}
-			if err := d.driver.Stop(ctx, h, d.cfg.StopTimeout.Duration); err != nil {
+			if err := drv.Stop(ctx, h, d.cfg.StopTimeout.Duration); err != nil {
 				return fmt.Errorf("stop vm %q: %w", v.Name, err)
 			}
 		}
@@ -489,8 +501,12 @@ func (d *Daemon) KillVM(ctx context.Context, ref string) (api.VM, error) {
 }
 
 func (d *Daemon) killLocked(ctx context.Context, v store.VM) error {
-	if h, ok := d.liveHandle(v.ID); ok {
-		if err := d.driver.Kill(ctx, h); err != nil {
+	drv, err := d.driverFor(v)
+	if err != nil {
+		return err
+	}
+	if h, ok := d.liveHandle(drv, v.ID); ok {
+		if err := drv.Kill(ctx, h); err != nil {
 			return fmt.Errorf("kill vm %q: %w", v.Name, err)
 		}
 	}
@@ -525,12 +541,13 @@ func (d *Daemon) DeleteVM(ctx context.Context, ref string) error {
 // liveHandle returns the VM's VMM handle if that VMM is alive: from
 // handles.json, or, where the driver can, found from the VM's runtime
 // directory (a crash right after Start, before the handle was recorded).
-func (d *Daemon) liveHandle(id string) (vmm.Handle, bool) {
-	if h, err := d.readHandle(id); err == nil && d.driver.Alive(h) {
+// drv is the VM's driver (driverFor).
+func (d *Daemon) liveHandle(drv vmm.Driver, id string) (vmm.Handle, bool) {
+	if h, err := d.readHandle(id); err == nil && drv.Alive(h) {
 		return h, true
 	}
-	if f, ok := d.driver.(vmm.Finder); ok {
-		if h, ok := f.Find(d.layout.VMRunDir(id)); ok && d.driver.Alive(h) {
+	if f, ok := drv.(vmm.Finder); ok {
+		if h, ok := f.Find(d.layout.VMRunDir(id)); ok && drv.Alive(h) {
 			return h, true
 		}
 	}
@@ -538,8 +555,12 @@ func (d *Daemon) liveHandle(id string) (vmm.Handle, bool) {
 }
 
 func (d *Daemon) destroyLocked(ctx context.Context, v store.VM) error {
-	if h, ok := d.liveHandle(v.ID); ok {
-		if err := d.driver.Kill(ctx, h); err != nil {
+	drv, err := d.driverFor(v)
+	if err != nil {
+		return err
+	}
+	if h, ok := d.liveHandle(drv, v.ID); ok {
+		if err := drv.Kill(ctx, h); err != nil {
 			return fmt.Errorf("kill vm %q: %w", v.Name, err)
 		}
 	}

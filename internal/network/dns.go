@@ -60,14 +60,29 @@ func StartDNS(cfg DNSConfig) (*DNSServer, error) {
 	mux := dns.NewServeMux()
 	mux.HandleFunc(s.zone, s.serveZone)
 	mux.HandleFunc(".", s.serveOther)
-	s.udp = &dns.Server{PacketConn: pc, Handler: mux}
-	s.tcp = &dns.Server{Listener: l, Handler: mux}
+	// Wait until both serve: Shutdown before that fails ("server not
+	// started") and would leave the sockets open.
+	started := make(chan error, 4)
+	s.udp = &dns.Server{PacketConn: pc, Handler: mux, NotifyStartedFunc: func() { started <- nil }}
+	s.tcp = &dns.Server{Listener: l, Handler: mux, NotifyStartedFunc: func() { started <- nil }}
 	for _, srv := range []*dns.Server{s.udp, s.tcp} {
 		go func() {
 			if err := srv.ActivateAndServe(); err != nil {
 				s.log.Warn("dns server stopped", "err", err)
+				select {
+				case started <- err:
+				default:
+				}
 			}
 		}()
+	}
+	for range 2 {
+		if err := <-started; err != nil {
+			_ = s.Close()
+			pc.Close()
+			l.Close()
+			return nil, fmt.Errorf("dns: serve on %v: %w", s.addr, err)
+		}
 	}
 	return s, nil
 }

@@ -53,6 +53,7 @@ func TestInNetns(t *testing.T) {
 	}
 	t.Run("SubnetConflict", testSubnetConflict)
 	t.Run("AttachNATDNSReconcile", testAttachNATDNSReconcile)
+	t.Run("HostDNSResolved", testHostDNSResolved) // resolved_test.go
 }
 
 func cfg() network.Config {

@@ -18,10 +18,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/kilnvm/kiln/internal/api"
+	"github.com/kilnvm/kiln/internal/system"
 )
 
 // Config describes the network a Manager owns.
@@ -45,6 +47,11 @@ type Config struct {
 	// such queries are refused.
 	Upstream []string
 	Logger   *slog.Logger
+	// Resolver is the host as the DNS integration sees it (resolved.go);
+	// the zero value means no systemd-resolved, so kiln changes nothing.
+	Resolver ResolverHost
+	// Runner runs resolvectl (system.ExecRunner when nil).
+	Runner system.Runner
 }
 
 // Leases persist address assignments (internal/store implements it).
@@ -90,6 +97,7 @@ type Manager struct {
 	pool    *TapPool
 	nat     *NAT
 	dns     *DNSServer
+	hostDNS DNSIntegration // what Open set up; reverted by Close
 }
 
 // Open sets up the bridge (creating it if needed), IP forwarding, the NAT
@@ -102,6 +110,9 @@ func Open(ctx context.Context, cfg Config, leases Leases) (_ *Manager, err error
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Runner == nil {
+		cfg.Runner = system.ExecRunner{}
 	}
 	m := &Manager{cfg: cfg, leases: leases, log: cfg.Logger, gateway: cfg.Subnet.Addr().Next()}
 	defer func() {
@@ -134,6 +145,7 @@ func Open(ctx context.Context, cfg Config, leases Leases) (_ *Manager, err error
 		Delete: DeleteLink,
 	})
 	m.log.Info("network ready", "bridge", cfg.Bridge, "subnet", cfg.Subnet, "gateway", m.gateway, "zone", cfg.Zone, "nat_table", cfg.NATTable)
+	m.hostDNS = m.openHostDNS(ctx)
 	return m, nil
 }
 
@@ -315,10 +327,17 @@ func (m *Manager) attachment(l Lease, name string) Attachment {
 		Domain: m.cfg.Zone, NAT: l.NAT}
 }
 
-// Close stops the DNS server and deletes the warm TAPs. The bridge, the
-// NAT table and running VMs' TAPs stay: VMs outlive the daemon.
+// Close reverts the host DNS integration, stops the DNS server and deletes
+// the warm TAPs. The bridge, the NAT table and running VMs' TAPs stay: VMs
+// outlive the daemon.
 func (m *Manager) Close() error {
 	var errs []error
+	if m.hostDNS.Kind == DNSResolved {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		errs = append(errs, m.hostDNS.Revert(ctx, m.cfg.Runner))
+		cancel()
+		m.hostDNS = DNSIntegration{}
+	}
 	if m.pool != nil {
 		errs = append(errs, m.pool.Close())
 	}

@@ -50,10 +50,12 @@ type Disk struct {
 	ReadOnly bool
 }
 
-// NIC is a network interface backed by a host TAP device.
+// NIC is a network interface backed by a host TAP device, or, with User,
+// by the VMM's user-mode network stack (no TAP, no privileges; QEMU only).
 type NIC struct {
-	TAP string
-	MAC string
+	TAP  string
+	MAC  string
+	User bool // user-mode networking (QEMU -netdev user); TAP is empty
 }
 
 // Handle identifies a running VMM across daemon restarts; it is stored in

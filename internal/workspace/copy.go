@@ -61,6 +61,9 @@ type CopyStats struct {
 	// Missing counts listed files absent from disk (deleted in the work
 	// tree but not in the index): they are left out, as on disk.
 	Missing int `json:"missing,omitempty"`
+	// CheckedOut counts the files the guest checked out of the commit
+	// itself (from the pack) rather than receiving them in the tar.
+	CheckedOut int `json:"checked_out,omitempty"`
 }
 
 // WriteTar streams a tar of files (relative to root) to w, reading each
@@ -70,6 +73,15 @@ type CopyStats struct {
 // directory where a file was) are skipped too, since git cannot hold them.
 func WriteTar(ctx context.Context, root string, files []string, w io.Writer) (CopyStats, error) {
 	tw := tar.NewWriter(w)
+	st, err := addFiles(ctx, tw, root, files)
+	if err != nil {
+		return st, err
+	}
+	return st, tw.Close()
+}
+
+// addFiles writes files (relative to root) to tw, as WriteTar does.
+func addFiles(ctx context.Context, tw *tar.Writer, root string, files []string) (CopyStats, error) {
 	var st CopyStats
 	for _, rel := range files {
 		if err := ctx.Err(); err != nil {
@@ -91,7 +103,7 @@ func WriteTar(ctx context.Context, root string, files []string, w io.Writer) (Co
 			st.Bytes += n
 		}
 	}
-	return st, tw.Close()
+	return st, nil
 }
 
 // WriteFullTar streams a tar of everything under root — .git, ignored

@@ -1,12 +1,15 @@
 package workspace
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -118,12 +121,15 @@ type Prepared struct {
 // Prepare makes a workspace of repo at opts.GuestPath in the guest, which
 // must be absent or empty. Normally (1) the commit (HEAD, or opts.From) and
 // its trees and blobs go in as one pack — a history of depth one, so
-// commits can be made in the guest — and (2) the files go in as a tar,
-// streamed from disk (the host's uncommitted changes come along as they
-// are on disk); then the guest records BaseRef. With opts.From the tree is
-// checked out from the pack instead. The guest's git identity is the
-// host's. Submodules are refused (failed_precondition) unless FullCopy.
-func Prepare(ctx context.Context, g Guest, repo Repo, files []string, opts PrepareOptions) (Prepared, error) {
+// commits can be made in the guest — and (2) a tar streamed from disk
+// carries only the host's uncommitted changes (ch, from ListChanges); the
+// guest checks every other file out of the commit (`git checkout-index`,
+// which records their stat data), places the changed ones as they are on
+// disk, and records BaseRef, a snapshot commit of the work tree, hashing
+// only the changed files. With opts.From the commit's tree is checked out
+// and ch is unused. The guest's git identity is the host's. Submodules are
+// refused (failed_precondition) unless FullCopy.
+func Prepare(ctx context.Context, g Guest, repo Repo, ch Changes, opts PrepareOptions) (Prepared, error) {
 	if err := ValidGuestPath(opts.GuestPath); err != nil {
 		return Prepared{}, err
 	}
@@ -199,20 +205,91 @@ func Prepare(ctx context.Context, g Guest, repo Repo, files []string, opts Prepa
 		return res, run(ctx, g, "check out the workspace in the guest", script, nil, io.Discard)
 	}
 	pr, pw := io.Pipe()
+	var st CopyStats
+	done := make(chan struct{})
 	go func() {
-		st, err := WriteTar(ctx, repo.Root, files, pw)
-		res.Copy = st
+		defer close(done)
+		var err error
+		st, err = writeChanges(ctx, repo.Root, ch, pw)
 		pw.CloseWithError(err)
 	}()
-	// The snapshot index has stat data for every file; a mixed reset to
-	// HEAD keeps it for the files that match HEAD, so `git status` in the
-	// guest need not hash the tree again.
-	script = "set -e\ncd " + dir + "\ntar -x -f -\n" + snapshot + "mv $idx .git/index\ngit reset -q\n"
-	if err := run(ctx, g, "copy the files into the guest", script, pr, io.Discard); err != nil {
-		pr.CloseWithError(err)
+	var out bytes.Buffer
+	err = run(ctx, g, "copy the files into the guest", "set -e\ncd "+dir+"\n"+applyScript, pr, &out)
+	pr.CloseWithError(err) // a writer the guest stopped reading returns
+	<-done
+	res.Copy = st
+	if err != nil {
 		return res, err
 	}
+	res.Copy.CheckedOut, _ = strconv.Atoi(strings.TrimSpace(out.String()))
 	return res, nil
+}
+
+// Guest files carrying the lists of changed paths inside the tar.
+const (
+	copyList   = ".git/kiln-copy"
+	removeList = ".git/kiln-remove"
+)
+
+// applyScript runs in the workspace with the tar of writeChanges on
+// stdin: it places the changed files, checks every other file of HEAD out
+// of the pack (the index then holds their stat data), prints how many,
+// records the work tree as BaseRef — hashing only the changed files — and
+// leaves an index at HEAD, so the host's changes show as unstaged.
+const applyScript = "tar -x -f -\n" +
+	"git read-tree HEAD\n" +
+	"git update-index -z --force-remove --stdin < " + copyList + "\n" +
+	"git update-index -z --force-remove --stdin < " + removeList + "\n" +
+	"git checkout-index -a -u\n" +
+	"git ls-files | wc -l\n" +
+	"idx=.git/kiln-index; cp .git/index $idx\n" +
+	"GIT_INDEX_FILE=$idx git update-index -z --add --remove --stdin < " + copyList + "\n" +
+	"tree=$(GIT_INDEX_FILE=$idx git write-tree)\n" +
+	"snap=$(GIT_AUTHOR_NAME=kiln GIT_AUTHOR_EMAIL=kiln@localhost GIT_COMMITTER_NAME=kiln GIT_COMMITTER_EMAIL=kiln@localhost git commit-tree -p HEAD -m 'kiln: the workspace as prepared' $tree)\n" +
+	"git update-ref " + BaseRef + " $snap\n" +
+	"rm -f $idx " + copyList + " " + removeList + "\n" +
+	"git reset -q\n"
+
+// writeChanges streams the tar applyScript reads: the two NUL-separated
+// path lists first, then the files of ch.Copy as they are on disk.
+func writeChanges(ctx context.Context, root string, ch Changes, w io.Writer) (CopyStats, error) {
+	// A listed path that is now a directory (or a socket…) on disk is not
+	// copied: the guest removes it from the index instead.
+	var copyPaths []string
+	removePaths := append([]string(nil), ch.Remove...)
+	for _, p := range ch.Copy {
+		fi, err := os.Lstat(filepath.Join(root, p))
+		if err == nil && !fi.Mode().IsRegular() && fi.Mode()&os.ModeSymlink == 0 {
+			removePaths = append(removePaths, p)
+			continue
+		}
+		copyPaths = append(copyPaths, p)
+	}
+	tw := tar.NewWriter(w)
+	for _, l := range []struct {
+		name  string
+		paths []string
+	}{{copyList, copyPaths}, {removeList, removePaths}} {
+		var b bytes.Buffer
+		for _, p := range l.paths {
+			if !filepath.IsLocal(p) {
+				return CopyStats{}, fmt.Errorf("refusing path %q that leaves the repository", p)
+			}
+			b.WriteString(p)
+			b.WriteByte(0)
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: l.name, Mode: 0o600, Size: int64(b.Len()), Format: tar.FormatPAX}); err != nil {
+			return CopyStats{}, err
+		}
+		if _, err := tw.Write(b.Bytes()); err != nil {
+			return CopyStats{}, err
+		}
+	}
+	st, err := addFiles(ctx, tw, root, copyPaths)
+	if err != nil {
+		return st, err
+	}
+	return st, tw.Close()
 }
 
 func identityScript(repo Repo) string {

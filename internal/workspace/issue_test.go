@@ -28,7 +28,7 @@ func TestUncommitted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := ListFiles(ctx, r, repo.Root, false)
+	files, err := ListChanges(ctx, r, repo.Root, repo.Head, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ chmod -x run.sh`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := ListFiles(ctx, r, repo.Root, false)
+	files, err := ListChanges(ctx, r, repo.Root, repo.Head, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ git commit -qm 'add lib' && printf 'two\n' >> main.c && git commit -qam two`)
 	}
 	g := hostShellGuest{t}
 	refused := filepath.Join(t.TempDir(), "refused")
-	_, err = Prepare(ctx, g, repo, files, PrepareOptions{GuestPath: refused})
+	_, err = Prepare(ctx, g, repo, Changes{Copy: files}, PrepareOptions{GuestPath: refused})
 	if !errors.Is(err, api.ErrFailedPrecondition) || !strings.Contains(err.Error(), "vendor/lib") || !strings.Contains(api.HintOf(err), "--full-copy") {
 		t.Fatalf("prepare with a submodule: %v", err)
 	}
@@ -176,7 +176,7 @@ git commit -qm 'add lib' && printf 'two\n' >> main.c && git commit -qam two`)
 		t.Fatalf("a refused prepare touched the guest: %v", err)
 	}
 	full := filepath.Join(t.TempDir(), "full")
-	if _, err := Prepare(ctx, g, repo, nil, PrepareOptions{GuestPath: full, FullCopy: true}); err != nil {
+	if _, err := Prepare(ctx, g, repo, Changes{}, PrepareOptions{GuestPath: full, FullCopy: true}); err != nil {
 		t.Fatal(err)
 	}
 	if got := sh(t, full, "cat vendor/lib/lib.c; git rev-list --count HEAD; git -C vendor/lib log --format=%s"); got != "lib\n3\nlib" {

@@ -94,7 +94,7 @@ func TestPrepareAndExportRoundTrip(t *testing.T) {
 	if repo.Root != host || repo.Branch != "main" || repo.UserName != "Ada Host" || !ValidCommit(repo.Head) {
 		t.Fatalf("inspect: %+v", repo)
 	}
-	files, err := ListFiles(ctx, r, repo.Root, true)
+	files, err := ListChanges(ctx, r, repo.Root, repo.Head, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,23 +219,23 @@ func TestPrepareFailures(t *testing.T) {
 	busy := filepath.Join(t.TempDir(), "busy")
 	os.MkdirAll(busy, 0o755)
 	os.WriteFile(filepath.Join(busy, "mine"), []byte("x"), 0o644)
-	if _, err := Prepare(ctx, g, repo, nil, PrepareOptions{GuestPath: busy}); !errors.Is(err, api.ErrFailedPrecondition) {
+	if _, err := Prepare(ctx, g, repo, Changes{}, PrepareOptions{GuestPath: busy}); !errors.Is(err, api.ErrFailedPrecondition) {
 		t.Fatalf("non-empty target: %v", err)
 	}
 	if ents, _ := os.ReadDir(busy); len(ents) != 1 {
 		t.Fatalf("the refused target was changed: %v", ents)
 	}
-	if _, err := Prepare(ctx, g, repo, nil, PrepareOptions{GuestPath: "rel/path"}); !errors.Is(err, api.ErrBadRequest) {
+	if _, err := Prepare(ctx, g, repo, Changes{}, PrepareOptions{GuestPath: "rel/path"}); !errors.Is(err, api.ErrBadRequest) {
 		t.Fatalf("relative guest path: %v", err)
 	}
 	// Submodules are refused unless the whole directory is copied.
 	sub := repo
 	sub.Submodules = []string{"vendor/lib"}
-	if _, err := Prepare(ctx, g, sub, nil, PrepareOptions{GuestPath: filepath.Join(t.TempDir(), "x")}); !errors.Is(err, api.ErrFailedPrecondition) || !strings.Contains(err.Error(), "vendor/lib") {
+	if _, err := Prepare(ctx, g, sub, Changes{}, PrepareOptions{GuestPath: filepath.Join(t.TempDir(), "x")}); !errors.Is(err, api.ErrFailedPrecondition) || !strings.Contains(err.Error(), "vendor/lib") {
 		t.Fatalf("submodules: %v", err)
 	}
 	full := filepath.Join(t.TempDir(), "full")
-	if _, err := Prepare(ctx, g, sub, nil, PrepareOptions{GuestPath: full, FullCopy: true}); err != nil {
+	if _, err := Prepare(ctx, g, sub, Changes{}, PrepareOptions{GuestPath: full, FullCopy: true}); err != nil {
 		t.Fatalf("full copy: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(full, "debug.log")); err != nil {
@@ -264,7 +264,7 @@ func TestPrepareFrom(t *testing.T) {
 		t.Fatal(err)
 	}
 	gdir := filepath.Join(t.TempDir(), "w")
-	p, err := Prepare(ctx, hostShellGuest{t}, repo, nil, PrepareOptions{GuestPath: gdir, Branch: "topic", From: first})
+	p, err := Prepare(ctx, hostShellGuest{t}, repo, Changes{}, PrepareOptions{GuestPath: gdir, Branch: "topic", From: first})
 	if err != nil {
 		t.Fatal(err)
 	}

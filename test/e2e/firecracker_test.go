@@ -21,21 +21,7 @@ import (
 // test-only API emulator (fcemu), built here, which boots with QEMU.
 func useFirecracker(t *testing.T, h *harness) []string {
 	t.Helper()
-	bin := os.Getenv("KILN_E2E_FIRECRACKER")
-	if bin == "" {
-		bin = filepath.Join(h.bin, "fcemu")
-		mod, err := moduleRoot()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command("go", "build", "-o", bin, "./internal/vmm/firecracker/fcemu/cmd/fcemu")
-		cmd.Dir = mod
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build fcemu: %v\n%s", err, out)
-		}
-	}
-	env := []string{"KILN_VMM=firecracker", "KILN_FIRECRACKER_BINARY=" + bin}
+	env := []string{"KILN_VMM=firecracker", "KILN_FIRECRACKER_BINARY=" + firecrackerBinary(t, h)}
 	h.killDaemon(t, syscall.SIGTERM)
 	t.Cleanup(func() {
 		h.killDaemon(t, syscall.SIGTERM)
@@ -47,6 +33,27 @@ func useFirecracker(t *testing.T, h *harness) []string {
 		t.Fatal(err)
 	}
 	return env
+}
+
+// firecrackerBinary is $KILN_E2E_FIRECRACKER (a real Firecracker, on a
+// KVM host) or else the test-only API emulator (fcemu), built here.
+func firecrackerBinary(t *testing.T, h *harness) string {
+	t.Helper()
+	if bin := os.Getenv("KILN_E2E_FIRECRACKER"); bin != "" {
+		return bin
+	}
+	bin := filepath.Join(h.bin, "fcemu")
+	mod, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", bin, "./internal/vmm/firecracker/fcemu/cmd/fcemu")
+	cmd.Dir = mod
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build fcemu: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // TestFirecrackerLifecycle runs the lifecycle through the Firecracker

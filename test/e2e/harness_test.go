@@ -113,6 +113,10 @@ func newHarness(t *testing.T) (*harness, error) {
 		"KILN_MEMORY_MIB=512", "KILN_VCPUS=2", "KILN_SOCKET_GROUP=",
 		"KILN_BOOT_TIMEOUT=2m", "KILN_STOP_TIMEOUT=20s", "KILN_LOG_LEVEL=debug",
 		"NO_COLOR=1",
+		// The shared daemon runs in the host's network namespace: no bridge,
+		// NAT or DNS there. Network tests start their own daemons inside
+		// namespaces they create (network_test.go).
+		"KILN_NETWORK=false",
 	)
 	if err := h.startDaemon(nil); err != nil {
 		return nil, err

@@ -151,9 +151,11 @@ func Cmdline(spec vmm.Spec, paths Paths, accel, channel string, qemu Release) []
 		if n.MAC != "" {
 			dev += ",mac=" + n.MAC
 		}
-		args = append(args,
-			"-netdev", fmt.Sprintf("tap,id=net%d,ifname=%s,script=no,downscript=no", i, n.TAP),
-			"-device", dev)
+		netdev := fmt.Sprintf("tap,id=net%d,ifname=%s,script=no,downscript=no", i, n.TAP)
+		if n.User { // slirp: guest 10.0.2.15, gateway 10.0.2.2, DNS 10.0.2.3
+			netdev = fmt.Sprintf("user,id=net%d", i)
+		}
+		args = append(args, "-netdev", netdev, "-device", dev)
 	}
 	switch channel {
 	case vmm.ChannelVsock:
@@ -226,7 +228,10 @@ func validateSpec(spec vmm.Spec, paths Paths, channel string) error {
 		}
 	}
 	for i, n := range spec.NICs {
-		if !tapNameRE.MatchString(n.TAP) {
+		if n.User && n.TAP != "" {
+			return bad("nic %d: a user-mode nic takes no tap (got %q)", i, n.TAP)
+		}
+		if !n.User && !tapNameRE.MatchString(n.TAP) {
 			return bad("nic %d: invalid tap name %q", i, n.TAP)
 		}
 		if n.MAC != "" && !macRE.MatchString(n.MAC) {

@@ -99,6 +99,18 @@ func TestCmdline(t *testing.T) {
 			}, tail),
 		},
 		{
+			name: "user-mode nic", accel: AccelKVM, channel: vmm.ChannelVsock,
+			spec: func(s *vmm.Spec) {
+				s.CID = 42
+				s.NICs = []vmm.NIC{{User: true, MAC: "52:54:00:12:34:56"}}
+			},
+			want: cat(common(kvm, "host", "2"), []string{
+				"-netdev", "user,id=net0",
+				"-device", "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56",
+				"-device", "vhost-vsock-device,guest-cid=42",
+			}, tail),
+		},
+		{
 			name: "runas on qemu 7.2", accel: AccelTCG, channel: vmm.ChannelSerial, release: Release{7, 2, 22},
 			spec: func(s *vmm.Spec) { s.RunAsUID, s.RunAsGID = 995, 994 },
 			want: cat(common(tcg, "max", "1"), serial, tail, []string{"-runas", "995:994"}),
@@ -218,6 +230,7 @@ func TestValidateSpec(t *testing.T) {
 		{"relative disk", func(s *vmm.Spec) { s.Disks[0].Path = "root" }, "", `disk 0 path "root"`},
 		{"tap with comma", func(s *vmm.Spec) { s.NICs[0].TAP = "tap0,script=/x" }, "", "invalid tap name"},
 		{"bad mac", func(s *vmm.Spec) { s.NICs[0].MAC = "52:54:00:00:00" }, "", "invalid mac"},
+		{"user nic with a tap", func(s *vmm.Spec) { s.NICs[0].User = true }, "", "user-mode nic takes no tap"},
 		{"negative uid", func(s *vmm.Spec) { s.RunAsUID = -1 }, "", "negative run-as"},
 		{"reserved cid", func(s *vmm.Spec) { s.CID = 2 }, vmm.ChannelVsock, "cid 2 is reserved"},
 		{"socket path too long", func(s *vmm.Spec) { s.Dir = "/" + strings.Repeat("d", 100) }, "", "longer than 107 bytes"},
