@@ -2,13 +2,13 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"path/filepath"
 
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/daemon/opstate"
 	"github.com/kilnvm/kiln/internal/image"
+	"github.com/kilnvm/kiln/internal/store"
 )
 
 func imageToAPI(i image.Image) api.Image {
@@ -24,11 +24,7 @@ func (d *Daemon) handleListImages(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	out := make([]api.Image, 0, len(is))
-	for _, i := range is {
-		out = append(out, imageToAPI(i))
-	}
-	return writeJSON(w, http.StatusOK, out)
+	return writeJSON(w, http.StatusOK, convert(is, imageToAPI))
 }
 
 func (d *Daemon) handleGetImage(w http.ResponseWriter, r *http.Request) error {
@@ -43,14 +39,8 @@ func (d *Daemon) handleDeleteImage(w http.ResponseWriter, r *http.Request) error
 	name := r.PathValue("name")
 	d.imageOpsMu.Lock()
 	defer d.imageOpsMu.Unlock()
-	vms, err := d.store.ListVMs(r.Context())
-	if err != nil {
+	if err := d.refuseInUse(r.Context(), "image", name, func(v store.VM) string { return v.Image }); err != nil {
 		return err
-	}
-	for _, v := range vms {
-		if v.Image == name {
-			return fmt.Errorf("image %q is used by vm %q: %w", name, v.Name, api.ErrConflict)
-		}
 	}
 	if err := d.images.Remove(r.Context(), name); err != nil {
 		return err

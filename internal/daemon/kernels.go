@@ -9,6 +9,7 @@ import (
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/daemon/opstate"
 	"github.com/kilnvm/kiln/internal/kernel"
+	"github.com/kilnvm/kiln/internal/store"
 )
 
 func kernelToAPI(k kernel.Kernel) api.Kernel {
@@ -21,11 +22,7 @@ func (d *Daemon) handleListKernels(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	out := make([]api.Kernel, 0, len(ks))
-	for _, k := range ks {
-		out = append(out, kernelToAPI(k))
-	}
-	return writeJSON(w, http.StatusOK, out)
+	return writeJSON(w, http.StatusOK, convert(ks, kernelToAPI))
 }
 
 func (d *Daemon) handleGetKernel(w http.ResponseWriter, r *http.Request) error {
@@ -40,14 +37,8 @@ func (d *Daemon) handleDeleteKernel(w http.ResponseWriter, r *http.Request) erro
 	name := r.PathValue("name")
 	d.imageOpsMu.Lock()
 	defer d.imageOpsMu.Unlock()
-	vms, err := d.store.ListVMs(r.Context())
-	if err != nil {
+	if err := d.refuseInUse(r.Context(), "kernel", name, func(v store.VM) string { return v.Kernel }); err != nil {
 		return err
-	}
-	for _, v := range vms {
-		if v.Kernel == name {
-			return fmt.Errorf("kernel %q is used by vm %q: %w", name, v.Name, api.ErrConflict)
-		}
 	}
 	if err := d.kernels.Remove(r.Context(), name); err != nil {
 		return err
@@ -121,4 +112,30 @@ func (d *Daemon) handlePullKernel(w http.ResponseWriter, r *http.Request) error 
 		}
 		return kernelToAPI(k), nil
 	}))
+}
+
+// refuseInUse fails with conflict when a VM refers to name through ref
+// (its image or kernel). Creates do not take imageOpsMu, so one racing a
+// removal can pass this check; it then fails at "prepare disks" or "write
+// config" and rolls back, leaving nothing behind.
+func (d *Daemon) refuseInUse(ctx context.Context, kind, name string, ref func(store.VM) string) error {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, v := range vms {
+		if ref(v) == name {
+			return fmt.Errorf("%s %q is used by vm %q: %w", kind, name, v.Name, api.ErrConflict)
+		}
+	}
+	return nil
+}
+
+// convert maps a slice, e.g. store records to wire types.
+func convert[T, U any](in []T, f func(T) U) []U {
+	out := make([]U, 0, len(in))
+	for _, x := range in {
+		out = append(out, f(x))
+	}
+	return out
 }
