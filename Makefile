@@ -29,8 +29,10 @@ test: deps build lint unit e2e
 unit:
 	$(GO) test -race -timeout 20m $$($(GO) list ./... | grep -v /test/)
 
+# -count=1: the e2e tests build and run the binaries themselves, so Go's
+# test cache cannot see that a change to the daemon or agent affects them.
 e2e: build
-	$(GO) test -timeout $(E2E_TIMEOUT) -v ./test/e2e/
+	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v ./test/e2e/
 
 ## demo: on a fresh machine, get a kernel and the default Debian image and
 ## print the guest's `uname -a`
