@@ -21,7 +21,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/kilnvm/kiln/internal/api"
@@ -65,10 +64,9 @@ type Driver struct {
 	termWait     time.Duration
 	killWait     time.Duration
 
+	children vmm.Children // the VMMs this process started, reaped by it
+
 	mu sync.Mutex
-	// children maps the pid of each VMM this process started to a channel
-	// closed once it has been reaped. Guarded by mu.
-	children map[int]chan struct{}
 	// rel is the binary's release once relKnown. Guarded by mu.
 	rel      Release
 	relKnown bool
@@ -82,8 +80,7 @@ var (
 // New returns a driver for cfg.
 func New(cfg Config) *Driver {
 	d := &Driver{binary: cfg.Binary, limits: cfg.Limits, log: cfg.Logger, runner: cfg.Runner, kvm: cfg.KVM, elfKernel: cfg.ELFKernel,
-		startTimeout: 10 * time.Second, termWait: 5 * time.Second, killWait: 10 * time.Second,
-		children: make(map[int]chan struct{})}
+		startTimeout: 10 * time.Second, termWait: 5 * time.Second, killWait: 10 * time.Second}
 	if d.binary == "" {
 		d.binary = DefaultBinary
 	}
@@ -227,22 +224,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 
 	cmd := privateCommand(bin, args...)
 	cmd.Stdout, cmd.Stderr = outf, errf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	done, err := d.children.Start(cmd)
+	if err != nil {
 		return vmm.Handle{}, fmt.Errorf("vm %q: start firecracker: %w", spec.Name, err)
 	}
 	pid := cmd.Process.Pid
-	done := make(chan struct{})
-	d.mu.Lock()
-	d.children[pid] = done
-	d.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		d.mu.Lock()
-		delete(d.children, pid)
-		d.mu.Unlock()
-		close(done)
-	}()
 	fail := func(err error) (vmm.Handle, error) {
 		_ = cmd.Process.Kill()
 		select {

@@ -127,16 +127,8 @@ func (d *Driver) waitGone(ctx context.Context, t *target, timeout time.Duration)
 }
 
 func (d *Driver) awaitReap(pid int) {
-	d.mu.Lock()
-	done := d.children[pid]
-	d.mu.Unlock()
-	if done == nil {
-		return
-	}
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		d.log.Warn("firecracker exited but was not reaped in time", "pid", pid)
+	if err := d.children.AwaitReap(pid, 5*time.Second); err != nil {
+		d.log.Warn("firecracker exited but was not reaped in time", "pid", pid, "err", err)
 	}
 }
 

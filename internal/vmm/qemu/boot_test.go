@@ -524,10 +524,8 @@ func TestStartBadSpec(t *testing.T) {
 			}
 		})
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.children) != 0 {
-		t.Errorf("children not reaped: %v", d.children)
+	if n := d.children.Len(); n != 0 {
+		t.Errorf("%d children not reaped", n)
 	}
 }
 

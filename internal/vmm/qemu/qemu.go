@@ -58,10 +58,9 @@ type Driver struct {
 	killWait     time.Duration // after SIGKILL
 	startTimeout time.Duration // upper bound for QEMU to answer on QMP
 
+	children vmm.Children // the VMMs this process started, reaped by it
+
 	mu sync.Mutex
-	// children maps the pid of each VMM this process started (and so must
-	// reap) to a channel closed once it has been reaped. Guarded by mu.
-	children map[int]chan struct{}
 	// release caches the QEMU version once read. Guarded by mu.
 	release *Release
 }
@@ -80,7 +79,6 @@ func New(cfg Config) *Driver {
 		termWait:     5 * time.Second,
 		killWait:     10 * time.Second,
 		startTimeout: 30 * time.Second,
-		children:     make(map[int]chan struct{}),
 	}
 	if d.binary == "" {
 		d.binary = DefaultBinary

@@ -73,26 +73,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	// Its own session: no signal aimed at the daemon's process group or
-	// terminal reaches the VMM.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	done, err := d.children.Start(cmd)
+	if err != nil {
 		return vmm.Handle{}, fmt.Errorf("vm %q: start qemu: %w", spec.Name, err)
 	}
 	pid := cmd.Process.Pid
-	done := make(chan struct{})
-	d.mu.Lock()
-	d.children[pid] = done
-	d.mu.Unlock()
-	// We are QEMU's parent for as long as this process lives: reap it
-	// whenever it exits, so it never lingers as a zombie.
-	go func() {
-		_ = cmd.Wait()
-		d.mu.Lock()
-		delete(d.children, pid)
-		d.mu.Unlock()
-		close(done)
-	}()
 
 	fail := func(err error) (vmm.Handle, error) {
 		_ = cmd.Process.Kill()
