@@ -229,4 +229,15 @@ type Version struct {
 	VMM     string `json:"vmm"`
 	Accel   string `json:"accel"`
 	Note    string `json:"note,omitempty"`
+	// VMMs lists every VMM driver the daemon knows, usable or not.
+	VMMs []VMMInfo `json:"vmms,omitempty"`
+}
+
+// VMMInfo is one VMM driver as a daemon sees it.
+type VMMInfo struct {
+	Name    string `json:"name"`
+	Usable  bool   `json:"usable"`
+	Default bool   `json:"default"`           // what `--vmm auto` (or none) takes
+	Version string `json:"version,omitempty"` // where known
+	Reason  string `json:"reason,omitempty"`  // why it is not usable
 }

@@ -104,7 +104,7 @@ func newRootCmd(e *env) *cobra.Command {
 		c.GroupID = "basic"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{newDaemonCmd(e), newDoctorCmd(e), newOpsCmd(e)} {
+	for _, c := range []*cobra.Command{newDaemonCmd(e), newDoctorCmd(e), newOpsCmd(e), newVersionCmd(e)} {
 		c.GroupID = "manage"
 		root.AddCommand(c)
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,22 @@ type Config struct {
 	QEMUBinary string `toml:"qemu_binary"`
 	// FirecrackerBinary overrides the firecracker lookup on PATH.
 	FirecrackerBinary string `toml:"firecracker_binary"`
+	// JailerBinary, when set, launches every Firecracker through
+	// Firecracker's jailer (a path or a name on PATH); empty runs
+	// Firecracker directly as root.
+	JailerBinary string `toml:"jailer_binary"`
+	// JailerUID and JailerGID are what a jailed Firecracker runs as; both
+	// must be non-zero when JailerBinary is set.
+	JailerUID int `toml:"jailer_uid"`
+	JailerGID int `toml:"jailer_gid"`
+	// JailerChrootBase is the jailer's --chroot-base-dir; empty means
+	// StateDir/jail. It must be on the filesystem of StateDir: kernels,
+	// initrds and disks are hard-linked into each VM's chroot.
+	JailerChrootBase string `toml:"jailer_chroot_base"`
+	// JailerCgroups are cgroup v2 settings for each jailed Firecracker,
+	// "file=value" (e.g. "memory.max=2147483648"); the environment
+	// variable separates them with ';'.
+	JailerCgroups []string `toml:"jailer_cgroups"`
 	// AgentPath is the static kiln-agent binary injected into guests;
 	// default: kiln-agent beside the kiln binary, then /usr/local/lib/kiln.
 	AgentPath string `toml:"agent_path"`
@@ -147,9 +164,11 @@ func (c *Config) applyEnv(env []string) error {
 		"KILN_DEFAULT_IMAGE": &c.DefaultImage, "KILN_DEFAULT_KERNEL": &c.DefaultKernel, "KILN_IMAGE_CATALOG": &c.ImageCatalog,
 		"KILN_KERNEL_CMDLINE": &c.KernelCmdline, "KILN_SOCKET_GROUP": &c.SocketGroup,
 		"KILN_FAILPOINT": &c.Failpoint, "KILN_FIRECRACKER_BINARY": &c.FirecrackerBinary,
-		"KILN_NETWORK_MODE": &c.NetworkMode,
+		"KILN_NETWORK_MODE": &c.NetworkMode, "KILN_JAILER_BINARY": &c.JailerBinary,
+		"KILN_JAILER_CHROOT_BASE": &c.JailerChrootBase,
 	}
-	ints := map[string]*int{"KILN_VCPUS": &c.VCPUs, "KILN_MEMORY_MIB": &c.MemoryMiB}
+	ints := map[string]*int{"KILN_VCPUS": &c.VCPUs, "KILN_MEMORY_MIB": &c.MemoryMiB,
+		"KILN_JAILER_UID": &c.JailerUID, "KILN_JAILER_GID": &c.JailerGID}
 	durs := map[string]*Duration{"KILN_STOP_TIMEOUT": &c.StopTimeout, "KILN_BOOT_TIMEOUT": &c.BootTimeout}
 	bools := map[string]*bool{"KILN_NETWORK": &c.Network, "KILN_NAT": &c.NAT}
 	for _, kv := range env {
@@ -159,6 +178,13 @@ func (c *Config) applyEnv(env []string) error {
 		}
 		if p, ok := strs[k]; ok {
 			*p = v
+		} else if k == "KILN_JAILER_CGROUPS" {
+			c.JailerCgroups = nil
+			for _, s := range strings.Split(v, ";") {
+				if s = strings.TrimSpace(s); s != "" {
+					c.JailerCgroups = append(c.JailerCgroups, s)
+				}
+			}
 		} else if p, ok := ints[k]; ok {
 			n, err := strconv.Atoi(v)
 			if err != nil {
@@ -220,7 +246,25 @@ func (c Config) Validate() error {
 			return bad("directories must be absolute paths, got %q", d)
 		}
 	}
+	if c.JailerBinary != "" {
+		if c.JailerUID <= 0 || c.JailerGID <= 0 {
+			return bad("jailer_uid %d / jailer_gid %d: a jailed Firecracker must run as a non-root user and group", c.JailerUID, c.JailerGID)
+		}
+		if c.JailerChrootBase != "" && c.JailerChrootBase[0] != '/' {
+			return bad("jailer_chroot_base %q: want an absolute path", c.JailerChrootBase)
+		}
+	} else if c.JailerUID != 0 || c.JailerGID != 0 || c.JailerChrootBase != "" || len(c.JailerCgroups) > 0 {
+		return bad("jailer_uid, jailer_gid, jailer_chroot_base and jailer_cgroups need jailer_binary")
+	}
 	return nil
+}
+
+// ChrootBase is the jailer's chroot base: JailerChrootBase or StateDir/jail.
+func (c Config) ChrootBase() string {
+	if c.JailerChrootBase != "" {
+		return c.JailerChrootBase
+	}
+	return filepath.Join(c.StateDir, "jail")
 }
 
 // Layout is the directory layout this configuration names.

@@ -53,6 +53,10 @@ func TestBadConfigIsRefused(t *testing.T) {
 		"bad env duration": {"", []string{"KILN_STOP_TIMEOUT=soon"}},
 		"bad env bool":     {"", []string{"KILN_NETWORK=maybe"}},
 		"bad network mode": {"network_mode = \"slirp\"\n", nil},
+		"jailer as root":   {"jailer_binary = \"jailer\"\njailer_gid = 100\n", nil},
+		"jailer gid 0":     {"", []string{"KILN_JAILER_BINARY=jailer", "KILN_JAILER_UID=1000"}},
+		"jailer base":      {"jailer_binary = \"jailer\"\njailer_uid = 1\njailer_gid = 1\njailer_chroot_base = \"jail\"\n", nil},
+		"jail w/o jailer":  {"jailer_uid = 1000\n", nil},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -60,6 +64,17 @@ func TestBadConfigIsRefused(t *testing.T) {
 				t.Fatalf("want bad_request, got %v", err)
 			}
 		})
+	}
+}
+
+func TestJailer(t *testing.T) {
+	cfg, err := Load(write(t, "jailer_binary = \"/usr/bin/jailer\"\njailer_uid = 1000\njailer_gid = 100\n"),
+		[]string{"KILN_JAILER_CGROUPS=cpu.max=50000 100000; memory.max=1073741824;"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ChrootBase() != "/var/lib/kiln/jail" || len(cfg.JailerCgroups) != 2 || cfg.JailerCgroups[0] != "cpu.max=50000 100000" {
+		t.Fatalf("jailer config: base %s, cgroups %q", cfg.ChrootBase(), cfg.JailerCgroups)
 	}
 }
 

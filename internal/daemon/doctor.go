@@ -14,6 +14,7 @@ import (
 	"github.com/kilnvm/kiln/internal/api/client"
 	"github.com/kilnvm/kiln/internal/config"
 	"github.com/kilnvm/kiln/internal/disk"
+	"github.com/kilnvm/kiln/internal/system"
 	"github.com/kilnvm/kiln/internal/vmm/firecracker"
 	"github.com/kilnvm/kiln/internal/vmm/qemu"
 )
@@ -61,9 +62,10 @@ func Doctor(ctx context.Context, cfg config.Config) []api.Check {
 	fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary})
 	fcErr, kvmFCErr := fc.Probe(vctx), fc.ProbeKVM()
 	lo, hi := firecracker.TestedRange()
-	switch r, verr := fc.Version(vctx); {
-	case verr != nil:
-		add("firecracker", "warn", "not usable: "+verr.Error(), "install Firecracker >= "+firecracker.MinRelease().String()+" on a KVM host")
+	fcRel, fcVerErr := fc.Version(vctx)
+	switch r := fcRel; {
+	case fcVerErr != nil:
+		add("firecracker", "warn", "not usable: "+fcVerErr.Error(), "install Firecracker >= "+firecracker.MinRelease().String()+" on a KVM host")
 	case fcErr != nil:
 		add("firecracker", "warn", "not usable: "+fcErr.Error(), "install Firecracker >= "+firecracker.MinRelease().String())
 	case r.Less(lo) || hi.Less(r):
@@ -72,10 +74,7 @@ func Doctor(ctx context.Context, cfg config.Config) []api.Check {
 	default:
 		add("firecracker", "pass", fmt.Sprintf("%s (minimum %s; tested %s-%s)", r, firecracker.MinRelease(), lo, hi), "")
 	}
-	if p, err := exec.LookPath("jailer"); err == nil {
-		add("jailer", "warn", "found at "+p+"; kiln does not launch through the jailer yet (it runs firecracker directly)",
-			"nothing to do; the jailer is not used")
-	}
+	out = append(out, jailerChecks(vctx, cfg, hostJailerView(system.ExecRunner{}), fcRel, fcVerErr)...) // doctor_firecracker.go
 	if kvmFCErr != nil {
 		add("firecracker kvm", "warn", "Firecracker cannot run guests here: "+kvmFCErr.Error(),
 			"use a host with hardware virtualisation (kvm_intel or kvm_amd) for Firecracker; QEMU works here")
@@ -141,7 +140,7 @@ func Doctor(ctx context.Context, cfg config.Config) []api.Check {
 	cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
 	defer ccancel()
 	if v, err := client.New(sock).Version(cctx); err == nil {
-		add("daemon", "pass", fmt.Sprintf("kiln %s (pid %d) answers on %s, vmm %s/%s", v.Version, v.PID, sock, v.VMM, v.Accel), "")
+		add("daemon", "pass", fmt.Sprintf("kiln %s (pid %d) answers on %s, vmm %s/%s; vmms: %s", v.Version, v.PID, sock, v.VMM, v.Accel, VMMSummary(v.VMMs)), "")
 	} else if os.Geteuid() == 0 {
 		add("daemon", "warn", "no daemon answers on "+sock, "it starts on the first kiln command run as root, or run `kiln daemon`")
 	} else {

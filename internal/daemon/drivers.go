@@ -27,6 +27,8 @@ type driverSet struct {
 	def    vmm.Driver
 	usable map[string]vmm.Driver
 	down   map[string]error // name → why it did not probe OK
+	// versions are the usable drivers' versions, read once (vmminfo.go).
+	versions map[string]string
 }
 
 // forRequest resolves the VMM a create asks for: "" or "auto" is the
@@ -85,7 +87,7 @@ func (d *Daemon) driverFor(v store.VM) (vmm.Driver, error) {
 // elfKernel extracts an ELF vmlinux for Firecracker releases that need one.
 func pickDrivers(ctx context.Context, cfg config.Config, logger *slog.Logger, elfKernel func(context.Context, string) (string, error)) (driverSet, error) {
 	s := driverSet{usable: map[string]vmm.Driver{}, down: map[string]error{}}
-	fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary, Logger: logger, ELFKernel: elfKernel})
+	fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary, Logger: logger, ELFKernel: elfKernel, Jailer: jailerConfig(cfg)})
 	fcErr := fc.Probe(ctx)
 	defName := "qemu"
 	if cfg.VMM == "firecracker" || cfg.VMM == "auto" {
@@ -111,8 +113,30 @@ func pickDrivers(ctx context.Context, cfg config.Config, logger *slog.Logger, el
 		s.usable["qemu"] = q
 	}
 	s.def = s.usable[defName]
+	s.versions = driverVersions(ctx, s.usable)
 	for name, why := range s.down {
 		logger.Info("vmm: "+name+" not available for --vmm", "reason", why.Error())
 	}
 	return s, nil
+}
+
+// jailerConfig is the Firecracker driver's jailer settings, nil when
+// jailer_binary is unset (Firecracker then runs directly as root).
+func jailerConfig(cfg config.Config) *firecracker.JailerConfig {
+	if cfg.JailerBinary == "" {
+		return nil
+	}
+	return &firecracker.JailerConfig{Binary: cfg.JailerBinary, UID: cfg.JailerUID, GID: cfg.JailerGID,
+		ChrootBase: cfg.ChrootBase(), Cgroups: cfg.JailerCgroups}
+}
+
+// releaseVMM lets v's driver remove what it kept outside the runtime dir
+// (vmm.Releaser) once v's VMM is gone. A failure is logged, not returned:
+// the VM's next start or its delete tries again.
+func (d *Daemon) releaseVMM(drv vmm.Driver, name string) {
+	if r, ok := drv.(vmm.Releaser); ok {
+		if err := r.Release(name); err != nil {
+			d.logger.Warn("release vmm resources", "vm", name, "driver", drv.Name(), "err", err)
+		}
+	}
 }

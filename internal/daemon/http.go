@@ -232,8 +232,7 @@ func lookupGroup(name string) (int, bool) {
 
 // handleVersion answers who the daemon is.
 func (d *Daemon) handleVersion(w http.ResponseWriter, r *http.Request) error {
-	f := d.driver.Features()
-	return writeJSON(w, http.StatusOK, api.Version{Version: Version, PID: os.Getpid(), VMM: d.driver.Name(), Accel: f.Accel, Note: f.AccelNote})
+	return writeJSON(w, http.StatusOK, d.versionReply(os.Getpid())) // vmminfo.go
 }
 
 func (d *Daemon) handleListOps(w http.ResponseWriter, r *http.Request) error {

@@ -40,10 +40,16 @@ func networkConfig(c configView) (network.Config, error) {
 		upstream = network.UpstreamFromResolvConf(string(b))
 	}
 	return network.Config{Bridge: c.Bridge, Subnet: sub, Zone: c.DNSZone, NATTable: table,
-		TapPrefix: prefix + "-", PoolSize: 2, PoolParallel: 2, Upstream: upstream}, nil
+		TapPrefix: prefix + "-", PoolSize: 2, PoolParallel: 2, Upstream: upstream,
+		TAPOwner: uint32(c.TAPOwner), TAPGroup: uint32(c.TAPGroup)}, nil
 }
 
-type configView struct{ Bridge, Subnet, DNSZone string }
+// configView is what networkConfig reads of the daemon's config. TAPOwner
+// and TAPGroup are the jail user when Firecracker runs under jailer.
+type configView struct {
+	Bridge, Subnet, DNSZone string
+	TAPOwner, TAPGroup      int
+}
 
 // openNetwork sets up the network when the configuration asks for it; the
 // daemon then runs netReconcile after the VM reconcile.
@@ -57,7 +63,7 @@ func (d *Daemon) openNetwork(ctx context.Context) error {
 		d.userNet = true
 		return nil
 	}
-	nc, err := networkConfig(configView{d.cfg.Bridge, d.cfg.Subnet, d.cfg.DNSZone})
+	nc, err := networkConfig(configView{d.cfg.Bridge, d.cfg.Subnet, d.cfg.DNSZone, d.cfg.JailerUID, d.cfg.JailerGID})
 	if err != nil {
 		return err
 	}

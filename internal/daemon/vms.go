@@ -256,6 +256,9 @@ func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *u
 	undo.push("vmm", func(ctx context.Context) error {
 		d.guests.drop(rec.ID)
 		err := drv.Kill(ctx, h)
+		if err == nil {
+			d.releaseVMM(drv, rec.Name)
+		}
 		return errors.Join(err, d.removeHandle(rec.ID))
 	})
 	if err := d.writeHandle(rec.ID, h); err != nil {
@@ -517,6 +520,9 @@ func (d *Daemon) markStopped(ctx context.Context, id, lastErr string) error {
 	d.fwd.releaseVM(id) // forwards.go
 	d.guests.drop(id)
 	if v, err := d.store.GetVM(ctx, id); err == nil {
+		if drv, err := d.driverFor(v); err == nil {
+			d.releaseVMM(drv, v.Name)
+		}
 		if err := d.netDown(ctx, v); err != nil {
 			return fmt.Errorf("detach vm %q from the network: %w", v.Name, err)
 		}
@@ -564,6 +570,7 @@ func (d *Daemon) destroyLocked(ctx context.Context, v store.VM) error {
 			return fmt.Errorf("kill vm %q: %w", v.Name, err)
 		}
 	}
+	d.releaseVMM(drv, v.Name)
 	d.fwd.releaseVM(v.ID) // forwards.go
 	d.guests.drop(v.ID)
 	if err := d.netForget(ctx, v); err != nil {

@@ -103,9 +103,9 @@ func EnsureBridge(name string, addr netip.Prefix) error {
 	return nil
 }
 
-// CreateTAP creates a persistent TAP named prefix + random hex, enslaved to
-// bridge and up, and returns its name.
-func CreateTAP(prefix, bridge string) (string, error) {
+// CreateTAP creates a persistent TAP named prefix + random hex, owned by
+// owner:group, enslaved to bridge and up, and returns its name.
+func CreateTAP(prefix, bridge string, owner, group uint32) (string, error) {
 	br, err := netlink.LinkByName(bridge)
 	if err != nil {
 		return "", fmt.Errorf("look up bridge %s: %w", bridge, err)
@@ -117,7 +117,7 @@ func CreateTAP(prefix, bridge string) (string, error) {
 		name = name[:15]
 	}
 	tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP,
-		Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR}
+		Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR, Owner: owner, Group: group}
 	if err := netlink.LinkAdd(tap); err != nil {
 		return "", fmt.Errorf("create TAP %s: %w", name, err)
 	}

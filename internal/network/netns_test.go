@@ -213,7 +213,7 @@ func testAttachNATDNSReconcile(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
-	orphan, err := network.CreateTAP("ktt", "kilnt0")
+	orphan, err := network.CreateTAP("ktt", "kilnt0", 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,9 @@ type Config struct {
 	// PoolSize is how many warm TAPs are kept ready; PoolParallel bounds
 	// how many are created at once.
 	PoolSize, PoolParallel int
+	// TAPOwner and TAPGroup own every TAP kiln creates, so a VMM running
+	// as that user (Firecracker under jailer) may attach to it; 0 is root.
+	TAPOwner, TAPGroup uint32
 	// Upstream DNS servers (host:port) for names outside Zone; none means
 	// such queries are refused.
 	Upstream []string
@@ -141,7 +144,9 @@ func Open(ctx context.Context, cfg Config, leases Leases) (_ *Manager, err error
 	}
 	m.pool = NewTapPool(PoolConfig{
 		Size: cfg.PoolSize, Parallel: cfg.PoolParallel, Logger: m.log,
-		Create: func(ctx context.Context) (string, error) { return CreateTAP(cfg.TapPrefix, cfg.Bridge) },
+		Create: func(ctx context.Context) (string, error) {
+			return CreateTAP(cfg.TapPrefix, cfg.Bridge, cfg.TAPOwner, cfg.TAPGroup)
+		},
 		Delete: DeleteLink,
 	})
 	m.log.Info("network ready", "bridge", cfg.Bridge, "subnet", cfg.Subnet, "gateway", m.gateway, "zone", cfg.Zone, "nat_table", cfg.NATTable)

@@ -119,3 +119,12 @@ type Driver interface {
 type Finder interface {
 	Find(dir string) (Handle, bool)
 }
+
+// Releaser is implemented by drivers that keep something for a VM outside
+// its runtime directory while the VMM runs (Firecracker's jailer chroot and
+// cgroup). The daemon calls Release once the VM's VMM is gone: after a
+// stop, a kill, a failed create, or when it finds the VMM dead. Release is
+// idempotent.
+type Releaser interface {
+	Release(name string) error
+}

@@ -16,12 +16,13 @@ import (
 )
 
 // useFirecracker restarts the shared daemon with the Firecracker driver
-// and restores the default daemon when the test ends. The binary is
-// $KILN_E2E_FIRECRACKER (a real Firecracker, on a KVM host) or else the
-// test-only API emulator (fcemu), built here, which boots with QEMU.
-func useFirecracker(t *testing.T, h *harness) []string {
+// (and extra settings) and restores the default daemon when the test
+// ends. The binary is $KILN_E2E_FIRECRACKER (a real Firecracker, on a KVM
+// host) or else the test-only API emulator (fcemu), built here, which
+// boots with QEMU.
+func useFirecracker(t *testing.T, h *harness, extra ...string) []string {
 	t.Helper()
-	env := []string{"KILN_VMM=firecracker", "KILN_FIRECRACKER_BINARY=" + firecrackerBinary(t, h)}
+	env := append([]string{"KILN_VMM=firecracker", "KILN_FIRECRACKER_BINARY=" + firecrackerBinary(t, h)}, extra...)
 	h.killDaemon(t, syscall.SIGTERM)
 	t.Cleanup(func() {
 		h.killDaemon(t, syscall.SIGTERM)
@@ -42,18 +43,24 @@ func firecrackerBinary(t *testing.T, h *harness) string {
 	if bin := os.Getenv("KILN_E2E_FIRECRACKER"); bin != "" {
 		return bin
 	}
-	bin := filepath.Join(h.bin, "fcemu")
+	// jailer execs only files whose name contains "firecracker".
+	return goBuild(t, "./internal/vmm/firecracker/fcemu/cmd/fcemu", filepath.Join(h.bin, "firecracker-fcemu"))
+}
+
+// goBuild builds the static binary of a main package of this module.
+func goBuild(t *testing.T, pkg, out string) string {
+	t.Helper()
 	mod, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("go", "build", "-o", bin, "./internal/vmm/firecracker/fcemu/cmd/fcemu")
+	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = mod
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build fcemu: %v\n%s", err, out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", pkg, err, b)
 	}
-	return bin
+	return out
 }
 
 // TestFirecrackerLifecycle runs the lifecycle through the Firecracker

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,6 +48,9 @@ type Config struct {
 	// releases that boot ELF only (see KernelFormats); the daemon passes
 	// kernel.Store.ELFImage. Nil: such a release refuses a bzImage.
 	ELFKernel func(ctx context.Context, bzImage string) (string, error)
+	// Jailer, when set, launches every Firecracker through jailer in a
+	// per-VM chroot as Jailer.UID:GID; nil runs Firecracker directly.
+	Jailer *JailerConfig
 }
 
 // Driver implements vmm.Driver with Firecracker. Safe for concurrent use.
@@ -59,6 +63,7 @@ type Driver struct {
 	kvm    func() error
 	// elfKernel is Config.ELFKernel.
 	elfKernel func(ctx context.Context, bzImage string) (string, error)
+	jailer    *JailerConfig // nil: no jailer
 	// Waits of the ladders; fields so tests can shorten them.
 	startTimeout time.Duration
 	termWait     time.Duration
@@ -73,14 +78,15 @@ type Driver struct {
 }
 
 var (
-	_ vmm.Driver = (*Driver)(nil)
-	_ vmm.Finder = (*Driver)(nil)
+	_ vmm.Driver   = (*Driver)(nil)
+	_ vmm.Finder   = (*Driver)(nil)
+	_ vmm.Releaser = (*Driver)(nil)
 )
 
 // New returns a driver for cfg.
 func New(cfg Config) *Driver {
 	d := &Driver{binary: cfg.Binary, limits: cfg.Limits, log: cfg.Logger, runner: cfg.Runner, kvm: cfg.KVM, elfKernel: cfg.ELFKernel,
-		startTimeout: 10 * time.Second, termWait: 5 * time.Second, killWait: 10 * time.Second}
+		jailer: cfg.Jailer, startTimeout: 10 * time.Second, termWait: 5 * time.Second, killWait: 10 * time.Second}
 	if d.binary == "" {
 		d.binary = DefaultBinary
 	}
@@ -141,14 +147,30 @@ func (d *Driver) Version(ctx context.Context) (Release, error) {
 	return ParseVersion(string(out))
 }
 
+// lookJailer finds the configured jailer binary.
+func (d *Driver) lookJailer() (string, error) {
+	p, err := exec.LookPath(d.jailer.Binary)
+	if err != nil {
+		return "", api.Hinted(
+			fmt.Errorf("jailer binary %q not found: %w: %w", d.jailer.Binary, err, api.ErrFailedPrecondition),
+			"install jailer from the same Firecracker release, or unset jailer_binary to run Firecracker directly")
+	}
+	return p, nil
+}
+
 // Probe implements vmm.Driver: the binary exists and is at least
-// MinRelease. It does not check KVM (see ProbeKVM): an explicitly
-// configured Firecracker without KVM fails at InstanceStart with
-// Firecracker's own message.
+// MinRelease, and so does the jailer when one is configured. It does not
+// check KVM (see ProbeKVM): an explicitly configured Firecracker without
+// KVM fails at InstanceStart with Firecracker's own message.
 func (d *Driver) Probe(ctx context.Context) error {
 	r, err := d.Version(ctx)
 	if err != nil {
 		return err
+	}
+	if d.jailer != nil {
+		if _, err := d.lookJailer(); err != nil {
+			return err
+		}
 	}
 	if r.Less(MinRelease()) {
 		return api.Hinted(fmt.Errorf("firecracker %s is older than the minimum %s: %w", r, MinRelease(), api.ErrFailedPrecondition),
@@ -161,12 +183,13 @@ func (d *Driver) Probe(ctx context.Context) error {
 func (d *Driver) ProbeKVM() error { return d.kvm() }
 
 // Start implements vmm.Driver: it validates spec, starts Firecracker in its
-// own session (stdout, the guest console, appended to spec.SerialLog;
-// stderr to DIR/firecracker.log; a bzImage kernel replaced by its ELF
-// vmlinux where the release needs it, see bootKernel), waits for the API socket, sends Plan's
-// requests and InstanceStart. Any failure kills the process, removes its
-// sockets, and returns the failing request with Firecracker's
-// fault_message verbatim.
+// own session, directly or through jailer (see prepare), with stdout (the
+// guest console) appended to spec.SerialLog and stderr to
+// DIR/firecracker.log; a bzImage kernel is replaced by its ELF vmlinux
+// where the release needs it (bootKernel). It waits for the API socket,
+// sends Plan's requests and InstanceStart. Any failure kills the process,
+// removes its sockets (and jail), and returns the failing request with
+// Firecracker's fault_message verbatim.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	paths := PathsFor(spec.Dir)
 	if spec.CID == 0 {
@@ -197,12 +220,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	if err := d.claimDir(ctx, spec.Name, paths); err != nil {
 		return vmm.Handle{}, err
 	}
-	for _, p := range []string{paths.Log, paths.Metrics} {
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return vmm.Handle{}, fmt.Errorf("vm %q: create %s: %w", spec.Name, p, err)
-		}
-		f.Close()
+	l, err := d.prepare(spec, paths, bin)
+	if err != nil {
+		return vmm.Handle{}, fmt.Errorf("vm %q: %w", spec.Name, err)
 	}
 	console := spec.SerialLog
 	if console == "" {
@@ -210,23 +230,28 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	}
 	outf, err := os.OpenFile(console, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
+		l.undo()
 		return vmm.Handle{}, fmt.Errorf("vm %q: open console log: %w", spec.Name, err)
 	}
 	defer outf.Close()
-	errf, err := os.OpenFile(paths.Log, os.O_WRONLY|os.O_APPEND, 0o600)
+	errf, err := os.OpenFile(paths.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
+		l.undo()
 		return vmm.Handle{}, fmt.Errorf("vm %q: open firecracker log: %w", spec.Name, err)
 	}
 	defer errf.Close()
-	args := []string{"--api-sock", paths.API, "--id", spec.Name}
-	fmt.Fprintf(errf, "--- kiln: %s: starting %s %s\n", time.Now().UTC().Format(time.RFC3339), bin, strings.Join(args, " "))
+	fmt.Fprintf(errf, "--- kiln: %s: starting %s\n", time.Now().UTC().Format(time.RFC3339), strings.Join(l.argv, " "))
 	logStart, _ := errf.Seek(0, io.SeekEnd)
 
-	cmd := privateCommand(bin, args...)
+	cmd := exec.Command(l.argv[0], l.argv[1:]...)
+	if d.jailer == nil {
+		cmd = privateCommand(l.argv[0], l.argv[1:]...)
+	}
 	cmd.Stdout, cmd.Stderr = outf, errf
 	done, err := d.children.Start(cmd)
 	if err != nil {
-		return vmm.Handle{}, fmt.Errorf("vm %q: start firecracker: %w", spec.Name, err)
+		l.undo()
+		return vmm.Handle{}, fmt.Errorf("vm %q: start %s: %w", spec.Name, filepath.Base(l.argv[0]), err)
 	}
 	pid := cmd.Process.Pid
 	fail := func(err error) (vmm.Handle, error) {
@@ -239,6 +264,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		for _, p := range []string{paths.API, paths.Vsock, paths.PIDFile} {
 			os.Remove(p)
 		}
+		l.undo()
 		return vmm.Handle{}, fmt.Errorf("vm %q: %w", spec.Name, err)
 	}
 	exited := func() error {
@@ -253,11 +279,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		return fail(err)
 	}
 	// The pid file is written before the VM is configured, so reconcile
-	// (Find) sees this VMM even if the daemon dies from here on.
+	// (Find) sees this VMM even if the daemon dies from here on. The pid
+	// is Firecracker's also when jailed: jailer execs it in place.
 	if err := os.WriteFile(paths.PIDFile, []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
 		return fail(fmt.Errorf("write pid file: %w", err))
 	}
-	for _, r := range append(Plan(spec, paths, d.limits), ActionRequest(ActionInstanceStart)) {
+	for _, r := range append(Plan(l.spec, l.paths, d.limits), ActionRequest(ActionInstanceStart)) {
 		if err := c.Do(ctx, r, nil); err != nil {
 			return fail(fmt.Errorf("configure firecracker: %w", err))
 		}
@@ -267,9 +294,114 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		<-done
 		return fail(exited())
 	}
-	d.log.Info("firecracker started", "vm", spec.Name, "pid", pid, "cid", spec.CID)
+	d.log.Info("firecracker started", "vm", spec.Name, "pid", pid, "cid", spec.CID, "jailed", d.jailer != nil)
 	return vmm.Handle{Driver: d.Name(), PID: pid, StartTicks: st, Channel: vmm.ChannelHybridVsock,
 		AgentSocket: paths.Vsock, CID: spec.CID, APISocket: paths.API, Accel: "kvm"}, nil
+}
+
+// launch is how one VM's Firecracker is started.
+type launch struct {
+	argv []string // argv[0] is the binary: firecracker, or jailer
+	// spec and paths are what the API requests name: the host's, or the
+	// jail's when jailed.
+	spec  vmm.Spec
+	paths Paths
+	undo  func() // removes what prepare made; safe to call once the VMM is gone
+}
+
+// prepare makes what Firecracker needs before it starts. Run directly, it
+// is the log and metrics files in the runtime dir. Through jailer, it is
+// the chroot: the VM's kernel, initrd and disks hard-linked in (so the
+// chroot base must be on their filesystem), log and metrics files the
+// jail user owns, and symlinks in the runtime dir to the sockets
+// Firecracker will create in the chroot, so the daemon keeps reaching
+// them at the usual short paths. Jailer runs under the daemon's umask,
+// not 077: the directories it makes in the chroot (/dev, /dev/net) must
+// stay searchable by the jail user. The sockets are private anyway: the
+// chroot's parent directories are root's, mode 0700.
+func (d *Driver) prepare(spec vmm.Spec, paths Paths, bin string) (launch, error) {
+	if d.jailer == nil {
+		for _, p := range []string{paths.Log, paths.Metrics} {
+			f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			if err != nil {
+				return launch{}, fmt.Errorf("create %s: %w", p, err)
+			}
+			f.Close()
+		}
+		return launch{argv: []string{bin, "--api-sock", paths.API, "--id", spec.Name}, spec: spec, paths: paths, undo: func() {}}, nil
+	}
+	cfg := *d.jailer
+	jailer, err := d.lookJailer()
+	if err != nil {
+		return launch{}, err
+	}
+	args, err := JailerArgs(cfg, spec.Name, bin)
+	if err != nil {
+		return launch{}, err
+	}
+	j := JailFor(cfg.ChrootBase, bin, spec.Name)
+	jspec, links := JailSpec(spec, j)
+	files := make([]string, 0, len(links))
+	for _, l := range links {
+		if err := checkReadable(l, cfg.UID, cfg.GID); err != nil {
+			return launch{}, err
+		}
+		files = append(files, l.Src)
+	}
+	if err := CheckSameFilesystem(cfg.ChrootBase, files...); err != nil {
+		return launch{}, err
+	}
+	undo := func() {
+		os.Remove(paths.API)
+		os.Remove(paths.Vsock)
+		if err := removeJail(j); err != nil {
+			d.log.Warn("remove jail", "vm", spec.Name, "err", err)
+		}
+	}
+	if err := os.MkdirAll(j.Root, 0o700); err != nil {
+		return launch{}, fmt.Errorf("jailer: create chroot: %w", err)
+	}
+	if err := LinkInto(links, cfg.UID, cfg.GID); err != nil {
+		undo()
+		return launch{}, err
+	}
+	for _, p := range []string{j.Host.Log, j.Host.Metrics} {
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err == nil {
+			err = errors.Join(f.Chown(cfg.UID, cfg.GID), f.Close())
+		}
+		if err != nil {
+			undo()
+			return launch{}, fmt.Errorf("jailer: create %s: %w", p, err)
+		}
+	}
+	for host, target := range map[string]string{paths.API: j.Host.API, paths.Vsock: j.Host.Vsock} {
+		if err := os.Symlink(target, host); err != nil {
+			undo()
+			return launch{}, fmt.Errorf("jailer: link %s: %w", host, err)
+		}
+	}
+	return launch{argv: append([]string{jailer}, args...), spec: jspec, paths: j.Inner, undo: undo}, nil
+}
+
+// jail is the jail of the VM named name, when this driver uses jailer.
+func (d *Driver) jail(name string) (Jail, bool) {
+	if d.jailer == nil {
+		return Jail{}, false
+	}
+	return JailFor(d.jailer.ChrootBase, d.binary, name), true
+}
+
+// Release implements vmm.Releaser: once the VMM of the VM named name is
+// gone, it removes the VM's chroot (and the hard links in it) and the
+// cgroup jailer made. Without jailer there is nothing outside the
+// runtime dir.
+func (d *Driver) Release(name string) error {
+	j, ok := d.jail(name)
+	if !ok {
+		return nil
+	}
+	return removeJail(j)
 }
 
 // cidFor derives a guest CID from a VM name when the daemon passes none.
@@ -277,20 +409,33 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 // be unique across VMs; it only must not be reserved.
 func cidFor(string) uint32 { return 3 }
 
-// claimDir refuses a runtime dir whose API socket answers, then removes
-// stale sockets and pid file.
+// claimDir refuses a runtime dir (or jail) whose API socket answers, then
+// removes stale sockets, pid file and jail.
 func (d *Driver) claimDir(ctx context.Context, name string, paths Paths) error {
-	if _, err := os.Stat(paths.API); err == nil {
+	socks := []string{paths.API}
+	j, jailed := d.jail(name)
+	if jailed {
+		socks = append(socks, j.Host.API)
+	}
+	for _, sock := range socks {
+		if _, err := os.Stat(sock); err != nil {
+			continue
+		}
 		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		_, err := NewClient(paths.API).Version(cctx)
+		_, err := NewClient(sock).Version(cctx)
 		cancel()
 		if err == nil {
-			return api.Errorf(api.ErrConflict, "vm %q: a VMM is already running in %s", name, paths.API)
+			return api.Errorf(api.ErrConflict, "vm %q: a VMM is already running in %s", name, sock)
 		}
 	}
 	for _, p := range []string{paths.API, paths.Vsock, paths.PIDFile} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("vm %q: remove stale %s: %w", name, p, err)
+		}
+	}
+	if jailed {
+		if err := removeJail(j); err != nil {
+			return fmt.Errorf("vm %q: remove stale jail: %w", name, err)
 		}
 	}
 	return nil

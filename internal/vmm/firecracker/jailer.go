@@ -1,9 +1,9 @@
 package firecracker
 
-// Launching Firecracker through its jailer: the argv, the chroot layout and
-// the hard links that put a VM's artefacts inside the chroot. These are the
-// building blocks; Driver.Start does not use them yet (see
-// docs/firecracker.md, "Jailer").
+// Launching Firecracker through its jailer: the argv, the chroot layout,
+// the hard links that put a VM's artefacts inside the chroot, and removing
+// the chroot and cgroup once the VMM is gone. Driver.Start uses these when
+// Config.Jailer is set (see docs/firecracker.md, "Jailer").
 
 import (
 	"errors"
@@ -36,8 +36,10 @@ type JailerConfig struct {
 }
 
 // In-chroot locations (as Firecracker sees them, the chroot being "/").
+// Everything sits in the chroot's root, the one directory jailer chowns to
+// the jail user, so Firecracker can create its sockets there.
 const (
-	jailAPISocket = "/run/firecracker.socket"
+	jailAPISocket = "/firecracker.socket"
 	jailVsock     = "/vsock.sock"
 	jailLog       = "/firecracker.log"
 	jailMetrics   = "/firecracker.metrics"
@@ -45,12 +47,19 @@ const (
 	jailInitrd    = "/initrd"
 )
 
-// Jail is the chroot of one jailed Firecracker.
+// Jail is the chroot of one jailed Firecracker. Jailer runs without
+// --new-pid-ns, so it execs Firecracker in place: the pid the driver
+// started is Firecracker's, and no pid file is involved (Paths.PIDFile is
+// empty).
 type Jail struct {
-	// Root is <ChrootBase>/<exec file name>/<id>/root on the host.
-	Root string
-	// Host are the host-side paths of the API socket, vsock socket, pid
-	// file (written by jailer), log and metrics, all under Root.
+	// Dir is <ChrootBase>/<exec file name>/<id>, removed when the VMM is
+	// gone; Root is Dir/root, the chroot.
+	Dir, Root string
+	// Cgroup is the cgroup jailer creates under the cgroup v2 mount:
+	// <exec file name>/<id> (the parent defaults to the exec file name).
+	Cgroup string
+	// Host are the host-side paths of the API socket, vsock socket, log
+	// and metrics, all under Root.
 	Host Paths
 	// Inner are the same files as Firecracker names them (under "/"); Plan
 	// is given Inner.
@@ -60,12 +69,13 @@ type Jail struct {
 // JailFor returns the layout jailer creates for id when it runs execFile
 // under base.
 func JailFor(base, execFile, id string) Jail {
-	root := filepath.Join(base, filepath.Base(execFile), id, "root")
-	inner := Paths{API: jailAPISocket, Vsock: jailVsock, PIDFile: "/" + filepath.Base(execFile) + ".pid",
-		Log: jailLog, Metrics: jailMetrics}
+	exe := filepath.Base(execFile)
+	dir := filepath.Join(base, exe, id)
+	root := filepath.Join(dir, "root")
+	inner := Paths{API: jailAPISocket, Vsock: jailVsock, Log: jailLog, Metrics: jailMetrics}
 	host := func(p string) string { return filepath.Join(root, p) }
-	return Jail{Root: root, Inner: inner, Host: Paths{API: host(inner.API), Vsock: host(inner.Vsock),
-		PIDFile: host(inner.PIDFile), Log: host(inner.Log), Metrics: host(inner.Metrics)}}
+	return Jail{Dir: dir, Root: root, Cgroup: exe + "/" + id, Inner: inner,
+		Host: Paths{API: host(inner.API), Vsock: host(inner.Vsock), Log: host(inner.Log), Metrics: host(inner.Metrics)}}
 }
 
 var (
@@ -101,8 +111,8 @@ func validateJailer(cfg JailerConfig, id string) error {
 // JailerArgs returns the jailer argv (without the jailer binary itself)
 // that runs execFile (an absolute firecracker path) as id: jailer's own
 // flags, "--", then Firecracker's flags with the API socket inside the
-// chroot. The uid/gid must be non-root; jailer copies execFile into the
-// chroot and writes Firecracker's pid to Jail.Host.PIDFile.
+// chroot (jailer passes --id itself). The uid/gid must be non-root;
+// jailer copies execFile into the chroot and execs it in place.
 func JailerArgs(cfg JailerConfig, id, execFile string) ([]string, error) {
 	if err := validateJailer(cfg, id); err != nil {
 		return nil, err
@@ -120,20 +130,23 @@ func JailerArgs(cfg JailerConfig, id, execFile string) ([]string, error) {
 	for _, c := range cfg.Cgroups {
 		args = append(args, "--cgroup", c)
 	}
-	return append(args, "--", "--api-sock", jailAPISocket, "--id", id), nil
+	return append(args, "--", "--api-sock", jailAPISocket), nil
 }
 
 // Link is one hard link to make into a jail.
 type Link struct {
 	Src, Dst string // host paths; Dst is under Jail.Root
-	// Chown: the jailed user must write it (a writable drive). Read-only
-	// artefacts are not chowned: a hard link shares the inode, so chowning
-	// a shared kernel would hand it to the jail user.
+	// Chown: the file is the VM's own (its initrd, a writable drive) and
+	// the jailed user must read or write it. Shared read-only artefacts
+	// are not chowned: a hard link shares the inode, so chowning a shared
+	// kernel would hand it to the jail user; they must be world-readable.
 	Chown bool
 }
 
 // JailSpec rewrites spec's kernel, initrd and disks to their names inside
-// j, and returns the links that put them there. Disk i is /drive<i>.
+// j, and returns the links that put them there. Disk i is /drive<i>. The
+// initrd is taken to be the VM's own (kiln builds one per VM, holding the
+// VM's keys), so it is chowned with the writable drives.
 func JailSpec(spec vmm.Spec, j Jail) (vmm.Spec, []Link) {
 	var links []Link
 	add := func(src, inner string, chown bool) string {
@@ -143,7 +156,7 @@ func JailSpec(spec vmm.Spec, j Jail) (vmm.Spec, []Link) {
 	out := spec
 	out.Kernel = add(spec.Kernel, jailKernel, false)
 	if spec.Initrd != "" {
-		out.Initrd = add(spec.Initrd, jailInitrd, false)
+		out.Initrd = add(spec.Initrd, jailInitrd, true)
 	}
 	out.Disks = make([]vmm.Disk, len(spec.Disks))
 	for i, d := range spec.Disks {
@@ -216,15 +229,48 @@ func LinkInto(links []Link, uid, gid int) error {
 	return nil
 }
 
-// ReadJailPID reads the pid jailer wrote for Firecracker in j.
-func ReadJailPID(j Jail) (int, error) {
-	b, err := os.ReadFile(j.Host.PIDFile)
-	if err != nil {
-		return 0, fmt.Errorf("jailer: read firecracker pid: %w", err)
+// checkReadable refuses a link that is not chowned and that uid:gid could
+// not read: the jailed Firecracker would fail later with a vaguer error.
+func checkReadable(l Link, uid, gid int) error {
+	if l.Chown {
+		return nil
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0, fmt.Errorf("jailer: malformed pid file %s: %q", j.Host.PIDFile, b)
+	var st unix.Stat_t
+	if err := unix.Stat(l.Src, &st); err != nil {
+		return api.Errorf(api.ErrBadRequest, "jailer: %s: %v", l.Src, err)
 	}
-	return pid, nil
+	ok := st.Mode&0o004 != 0 || (int(st.Uid) == uid && st.Mode&0o400 != 0) || (int(st.Gid) == gid && st.Mode&0o040 != 0)
+	if !ok {
+		return api.Hinted(api.Errorf(api.ErrFailedPrecondition,
+			"jailer: %s (mode %#o, owner %d:%d) is not readable by the jail user %d:%d", l.Src, st.Mode&0o777, st.Uid, st.Gid, uid, gid),
+			"make it world-readable (chmod o+r); kiln's kernel store writes kernels 0644")
+	}
+	return nil
+}
+
+// Cgroup2Mount returns where a mount table (/proc/mounts) has the cgroup v2
+// hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts;
+// "" when none is mounted.
+func Cgroup2Mount(mounts []byte) string {
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[2] == "cgroup2" {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+// removeJail removes j's directory and the cgroup jailer made for it. The
+// VMM must be gone. A cgroup that is still busy is reported, not forced.
+func removeJail(j Jail) error {
+	var errs []error
+	if err := os.RemoveAll(j.Dir); err != nil {
+		errs = append(errs, fmt.Errorf("jailer: remove chroot: %w", err))
+	}
+	if mounts, err := os.ReadFile("/proc/mounts"); err == nil && Cgroup2Mount(mounts) != "" {
+		if err := unix.Rmdir(filepath.Join(Cgroup2Mount(mounts), j.Cgroup)); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("jailer: remove cgroup %s: %w", j.Cgroup, err))
+		}
+	}
+	return errors.Join(errs...)
 }

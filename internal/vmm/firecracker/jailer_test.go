@@ -28,13 +28,13 @@ func TestJailerArgs(t *testing.T) {
 		{name: "plain", id: "web-1", exec: "/usr/bin/firecracker", want: []string{
 			"--id", "web-1", "--exec-file", "/usr/bin/firecracker", "--uid", "123", "--gid", "100",
 			"--chroot-base-dir", "/var/lib/kiln/jail", "--cgroup-version", "2",
-			"--", "--api-sock", "/run/firecracker.socket", "--id", "web-1"}},
+			"--", "--api-sock", "/firecracker.socket"}},
 		{name: "cgroups", id: "a", exec: "/fc/firecracker",
 			cfg: func(c *JailerConfig) { c.Cgroups = []string{"cpu.max=50000 100000", "memory.max=1073741824"} },
 			want: []string{"--id", "a", "--exec-file", "/fc/firecracker", "--uid", "123", "--gid", "100",
 				"--chroot-base-dir", "/var/lib/kiln/jail", "--cgroup-version", "2",
 				"--cgroup", "cpu.max=50000 100000", "--cgroup", "memory.max=1073741824",
-				"--", "--api-sock", "/run/firecracker.socket", "--id", "a"}},
+				"--", "--api-sock", "/firecracker.socket"}},
 		{name: "root uid", id: "a", exec: "/fc/firecracker", cfg: func(c *JailerConfig) { c.UID = 0 }, wantErr: "non-root"},
 		{name: "root gid", id: "a", exec: "/fc/firecracker", cfg: func(c *JailerConfig) { c.GID = 0 }, wantErr: "non-root"},
 		{name: "no binary", id: "a", exec: "/fc/firecracker", cfg: func(c *JailerConfig) { c.Binary = "" }, wantErr: "no jailer binary"},
@@ -72,10 +72,9 @@ func TestJailerArgs(t *testing.T) {
 func TestJailLayout(t *testing.T) {
 	j := JailFor("/srv/jail", "/usr/local/bin/firecracker", "web-1")
 	root := "/srv/jail/firecracker/web-1/root"
-	want := Jail{Root: root,
-		Inner: Paths{API: "/run/firecracker.socket", Vsock: "/vsock.sock", PIDFile: "/firecracker.pid",
-			Log: "/firecracker.log", Metrics: "/firecracker.metrics"},
-		Host: Paths{API: root + "/run/firecracker.socket", Vsock: root + "/vsock.sock", PIDFile: root + "/firecracker.pid",
+	want := Jail{Dir: "/srv/jail/firecracker/web-1", Root: root, Cgroup: "firecracker/web-1",
+		Inner: Paths{API: "/firecracker.socket", Vsock: "/vsock.sock", Log: "/firecracker.log", Metrics: "/firecracker.metrics"},
+		Host: Paths{API: root + "/firecracker.socket", Vsock: root + "/vsock.sock",
 			Log: root + "/firecracker.log", Metrics: root + "/firecracker.metrics"}}
 	if !reflect.DeepEqual(j, want) {
 		t.Errorf("JailFor = %+v\nwant %+v", j, want)
@@ -90,7 +89,7 @@ func TestJailLayout(t *testing.T) {
 	if spec.Disks[0].Path != "/vms/web-1/root.qcow" {
 		t.Error("JailSpec changed its input")
 	}
-	wantLinks := []Link{{"/k/vmlinux", root + "/vmlinux", false}, {"/k/initrd.img", root + "/initrd", false},
+	wantLinks := []Link{{"/k/vmlinux", root + "/vmlinux", false}, {"/k/initrd.img", root + "/initrd", true},
 		{"/vms/web-1/root.qcow", root + "/drive0", true}, {"/img/data.ext4", root + "/drive1", false}}
 	if !reflect.DeepEqual(links, wantLinks) {
 		t.Errorf("links\n got %+v\nwant %+v", links, wantLinks)
@@ -172,19 +171,67 @@ func TestJailLinks(t *testing.T) {
 		t.Errorf("failed LinkInto left the kernel link: %v", err)
 	}
 
-	if _, err := ReadJailPID(j); err == nil {
-		t.Error("ReadJailPID without a pid file succeeded")
-	}
-	if err := os.WriteFile(j.Host.PIDFile, []byte("junk\n"), 0o600); err != nil {
+	// Only the jail's links go; the sources stay.
+	if err := removeJail(j); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ReadJailPID(j); err == nil || !strings.Contains(err.Error(), "malformed") {
-		t.Errorf("junk pid file: %v", err)
+	if _, err := os.Stat(j.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("removeJail left %s: %v", j.Dir, err)
 	}
-	if err := os.WriteFile(j.Host.PIDFile, []byte("4242\n"), 0o600); err != nil {
+	for _, f := range []string{kernel, disk} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("removeJail took the source %s: %v", f, err)
+		}
+	}
+	if err := removeJail(j); err != nil {
+		t.Errorf("removeJail twice: %v", err)
+	}
+}
+
+// A shared artefact the jail user cannot read is refused up front; the
+// VM's own files are chowned, so their mode does not matter.
+func TestCheckReadable(t *testing.T) {
+	dir := t.TempDir()
+	open, private := filepath.Join(dir, "open"), filepath.Join(dir, "private")
+	for f, mode := range map[string]os.FileMode{open: 0o644, private: 0o600} {
+		if err := os.WriteFile(f, nil, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(f, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := checkReadable(Link{Src: open}, 4321, 4321); err != nil {
+		t.Errorf("world-readable: %v", err)
+	}
+	if err := checkReadable(Link{Src: private}, 4321, 4321); !errors.Is(err, api.ErrFailedPrecondition) || !strings.Contains(err.Error(), "not readable by the jail user 4321:4321") {
+		t.Errorf("private: %v", err)
+	}
+	if err := checkReadable(Link{Src: private, Chown: true}, 4321, 4321); err != nil {
+		t.Errorf("chowned: %v", err)
+	}
+	if err := checkReadable(Link{Src: filepath.Join(dir, "missing")}, 1, 1); !errors.Is(err, api.ErrBadRequest) {
+		t.Errorf("missing: %v", err)
+	}
+}
+
+// A jailed Firecracker is recognised by its jail socket and --id, as
+// jailer execs it; another VM's jailed Firecracker is not.
+func TestCmdlineMatchesJail(t *testing.T) {
+	dir := t.TempDir()
+	j := JailFor("/var/lib/kiln/jail", "/usr/bin/firecracker", "web-1")
+	sock := filepath.Join(dir, APISocketName)
+	if err := os.Symlink(j.Host.API, sock); err != nil {
 		t.Fatal(err)
 	}
-	if pid, err := ReadJailPID(j); err != nil || pid != 4242 {
-		t.Errorf("ReadJailPID = %d, %v", pid, err)
+	jailed := []byte("/firecracker\x00--id=web-1\x00--start-time-us=1\x00--start-time-cpu-us=2\x00--api-sock\x00/firecracker.socket\x00")
+	other := []byte("/firecracker\x00--id=web-2\x00--api-sock\x00/firecracker.socket\x00")
+	direct := []byte("firecracker\x00--api-sock\x00" + sock + "\x00--id\x00web-1\x00")
+	if !cmdlineMatches(jailed, sock) || cmdlineMatches(other, sock) || !cmdlineMatches(direct, sock) {
+		t.Errorf("jailed %v, other %v, direct %v", cmdlineMatches(jailed, sock), cmdlineMatches(other, sock), cmdlineMatches(direct, sock))
+	}
+	plain := filepath.Join(dir, "plain.sock")
+	if cmdlineMatches(jailed, plain) {
+		t.Error("a jailed cmdline matched a socket that is no link into a jail")
 	}
 }

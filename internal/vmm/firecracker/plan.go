@@ -88,62 +88,23 @@ func driveID(i int) string {
 	return "disk" + strconv.Itoa(i)
 }
 
-// maxSocketPath is the longest path a Unix socket address holds.
-const maxSocketPath = 107
-
-var (
-	tapNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
-	macRE     = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
-)
-
 // validateSpec checks what Plan and Firecracker rely on, so that a bad
 // spec fails with a classed error before any process starts.
 func validateSpec(spec vmm.Spec, paths Paths) error {
-	bad := func(format string, args ...any) error {
-		return api.Errorf(api.ErrBadRequest, "vm %q: "+format, append([]any{spec.Name}, args...)...)
-	}
-	if err := api.ValidateName("vm", spec.Name); err != nil {
+	// Firecracker accepts 1-32 vCPUs (the spec's MachineConfiguration).
+	if err := spec.Check(32, paths.API, paths.Vsock); err != nil {
 		return err
 	}
-	if !filepath.IsAbs(spec.Dir) {
-		return bad("runtime dir %q is not an absolute path", spec.Dir)
-	}
-	// Firecracker accepts 1-32 vCPUs (the spec's MachineConfiguration).
-	if spec.CPUs < 1 || spec.CPUs > 32 {
-		return bad("cpus %d out of Firecracker's range 1-32", spec.CPUs)
-	}
-	if spec.MemoryMiB < 64 {
-		return bad("memory %d MiB is below the minimum of 64 MiB", spec.MemoryMiB)
-	}
-	if !filepath.IsAbs(spec.Kernel) {
-		return bad("kernel %q is not an absolute path", spec.Kernel)
-	}
-	if spec.Initrd != "" && !filepath.IsAbs(spec.Initrd) {
-		return bad("initrd %q is not an absolute path", spec.Initrd)
-	}
 	if len(spec.Disks) == 0 {
-		return bad("no root disk")
-	}
-	for i, d := range spec.Disks {
-		if !filepath.IsAbs(d.Path) {
-			return bad("disk %d path %q is not an absolute path", i, d.Path)
-		}
+		return api.Errorf(api.ErrBadRequest, "vm %q: no root disk", spec.Name)
 	}
 	for i, n := range spec.NICs {
-		if !tapNameRE.MatchString(n.TAP) {
-			return bad("nic %d: invalid tap name %q", i, n.TAP)
-		}
-		if n.MAC != "" && !macRE.MatchString(n.MAC) {
-			return bad("nic %d: invalid mac %q", i, n.MAC)
+		if n.User {
+			return api.Errorf(api.ErrBadRequest, "vm %q: nic %d: Firecracker has no user-mode networking", spec.Name, i)
 		}
 	}
 	if spec.CID < 3 {
-		return bad("vsock cid %d is reserved (want >= 3)", spec.CID)
-	}
-	for _, s := range []string{paths.API, paths.Vsock} {
-		if len(s) > maxSocketPath {
-			return bad("socket path %q is longer than %d bytes; use a shorter runtime dir", s, maxSocketPath)
-		}
+		return api.Errorf(api.ErrBadRequest, "vm %q: vsock cid %d is reserved (want >= 3)", spec.Name, spec.CID)
 	}
 	return nil
 }

@@ -297,7 +297,7 @@ func TestBootStopAndKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	err := d.Stop(ctx, h, time.Minute)
 	cancel()
-	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, errStillRunning) {
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, vmm.ErrStillRunning) {
 		t.Errorf("Stop with an expiring context = %v, want deadline exceeded and still running", err)
 	}
 	if !d.Alive(h) {
@@ -314,7 +314,7 @@ func TestBootStopAndKill(t *testing.T) {
 	if d.Alive(h) || !procGone(h.PID) {
 		t.Error("VMM still there after Stop")
 	}
-	if l := logs.String(); !strings.Contains(l, "by=SIGTERM") || !strings.Contains(l, "guest did not power off within 1s") {
+	if l := logs.String(); !strings.Contains(l, "by=SIGTERM") || !strings.Contains(l, "guest did not shut down within 1s") {
 		t.Errorf("log does not show the escalation:\n%s", l)
 	}
 
@@ -349,11 +349,11 @@ func TestStopEscalatesToKill(t *testing.T) {
 	if _, err := out.Read(buf); err != nil || string(buf) != "ready\n" {
 		t.Fatalf("helper: %q %v", buf, err)
 	}
-	st, err := readProcStat(cmd.Process.Pid)
+	st, err := vmm.ReadProcStat(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := vmm.Handle{PID: cmd.Process.Pid, StartTicks: st.startTicks,
+	h := vmm.Handle{PID: cmd.Process.Pid, StartTicks: st.StartTicks,
 		APISocket: filepath.Join(t.TempDir(), "no-such-qmp.sock")}
 
 	var logs syncBuffer

@@ -184,70 +184,15 @@ func Cmdline(spec vmm.Spec, paths Paths, accel, channel string, qemu Release) []
 // tcgCPUs is the vCPU count of every TCG guest (see Cmdline).
 const tcgCPUs = 1
 
-// maxSocketPath is the longest path a Unix socket address holds
-// (sun_path is 108 bytes including the terminating NUL).
-const maxSocketPath = 107
-
-// tapNameRE is what Linux accepts as an interface name and QEMU's option
-// parser passes through unchanged (no commas).
-var tapNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
-
-var macRE = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
-
 // validateSpec checks what Cmdline relies on, so that a bad spec fails with
 // a clear, classed error before any process starts. It does not touch the
 // file system; Start checks the files.
 func validateSpec(spec vmm.Spec, paths Paths, channel string) error {
-	bad := func(format string, args ...any) error {
-		return api.Errorf(api.ErrBadRequest, "vm %q: "+format, append([]any{spec.Name}, args...)...)
-	}
-	if err := api.ValidateName("vm", spec.Name); err != nil {
+	if err := spec.Check(255, paths.QMP, paths.Agent); err != nil {
 		return err
 	}
-	if !filepath.IsAbs(spec.Dir) {
-		return bad("runtime dir %q is not an absolute path", spec.Dir)
-	}
-	if spec.CPUs < 1 || spec.CPUs > 255 {
-		return bad("cpus %d out of range 1-255", spec.CPUs)
-	}
-	if spec.MemoryMiB < 64 {
-		return bad("memory %d MiB is below the minimum of 64 MiB", spec.MemoryMiB)
-	}
-	if !filepath.IsAbs(spec.Kernel) {
-		return bad("kernel %q is not an absolute path", spec.Kernel)
-	}
-	if spec.Initrd != "" && !filepath.IsAbs(spec.Initrd) {
-		return bad("initrd %q is not an absolute path", spec.Initrd)
-	}
-	if spec.SerialLog != "" && !filepath.IsAbs(spec.SerialLog) {
-		return bad("serial log %q is not an absolute path", spec.SerialLog)
-	}
-	for i, d := range spec.Disks {
-		if !filepath.IsAbs(d.Path) {
-			return bad("disk %d path %q is not an absolute path", i, d.Path)
-		}
-	}
-	for i, n := range spec.NICs {
-		if n.User && n.TAP != "" {
-			return bad("nic %d: a user-mode nic takes no tap (got %q)", i, n.TAP)
-		}
-		if !n.User && !tapNameRE.MatchString(n.TAP) {
-			return bad("nic %d: invalid tap name %q", i, n.TAP)
-		}
-		if n.MAC != "" && !macRE.MatchString(n.MAC) {
-			return bad("nic %d: invalid mac %q", i, n.MAC)
-		}
-	}
-	if spec.RunAsUID < 0 || spec.RunAsGID < 0 {
-		return bad("negative run-as uid/gid %d:%d", spec.RunAsUID, spec.RunAsGID)
-	}
 	if channel == vmm.ChannelVsock && spec.CID < 3 {
-		return bad("vsock cid %d is reserved (want >= 3)", spec.CID)
-	}
-	for _, s := range []string{paths.QMP, paths.Agent} {
-		if len(s) > maxSocketPath {
-			return bad("socket path %q is longer than %d bytes; use a shorter runtime dir", s, maxSocketPath)
-		}
+		return api.Errorf(api.ErrBadRequest, "vm %q: vsock cid %d is reserved (want >= 3)", spec.Name, spec.CID)
 	}
 	return nil
 }

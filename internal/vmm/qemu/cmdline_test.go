@@ -255,19 +255,3 @@ func TestValidateSpec(t *testing.T) {
 		})
 	}
 }
-
-func TestParseProcStat(t *testing.T) {
-	line := "4242 (qemu (x) sys) S 1 4242 4242 0 -1 4194560 1 0 0 0 5 3 0 0 20 0 3 0 987654 1000 100 18446744073709551615\n"
-	st, err := parseProcStat([]byte(line))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.state != 'S' || st.startTicks != 987654 {
-		t.Errorf("got %+v, want state S ticks 987654", st)
-	}
-	for _, bad := range []string{"", "4242 qemu S 1", "4242 (q) S 1 2 3"} {
-		if _, err := parseProcStat([]byte(bad)); err == nil {
-			t.Errorf("parseProcStat(%q) succeeded", bad)
-		}
-	}
-}

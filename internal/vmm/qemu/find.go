@@ -26,10 +26,10 @@ func (d *Driver) Find(dir string) (vmm.Handle, bool) {
 	if err != nil || !bytes.Contains(cmdline, []byte(optPath(paths.QMP))) {
 		return vmm.Handle{}, false
 	}
-	st, err := readProcStat(pid)
-	if err != nil || st.state == 'Z' {
+	st, err := vmm.ReadProcStat(pid)
+	if err != nil || !st.Running() {
 		return vmm.Handle{}, false
 	}
-	return vmm.Handle{Driver: d.Name(), PID: pid, StartTicks: st.startTicks, Channel: d.dec.Channel,
+	return vmm.Handle{Driver: d.Name(), PID: pid, StartTicks: st.StartTicks, Channel: d.dec.Channel,
 		AgentSocket: paths.Agent, APISocket: paths.QMP}, true
 }

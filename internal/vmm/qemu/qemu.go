@@ -10,7 +10,6 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os/exec"
@@ -197,6 +196,3 @@ func hasMachine(help, name string) bool {
 	}
 	return false
 }
-
-// errStillRunning ends the joined error of a Stop or Kill that failed.
-var errStillRunning = errors.New("vmm still running")

@@ -102,7 +102,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		}
 		return fail(err)
 	}
-	st, err := readProcStat(pid)
+	st, err := vmm.ReadProcStat(pid)
 	if err != nil {
 		// It exited between answering QMP and now.
 		<-done
@@ -112,7 +112,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	h := vmm.Handle{
 		Driver:     d.Name(),
 		PID:        pid,
-		StartTicks: st.startTicks,
+		StartTicks: st.StartTicks,
 		Channel:    d.dec.Channel,
 		APISocket:  paths.QMP,
 		Accel:      d.dec.Accel,

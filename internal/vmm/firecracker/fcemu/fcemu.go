@@ -384,7 +384,6 @@ func (e *Emulator) startLocked(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start qemu: %w", err)
 	}
-	e.qemu, e.qmp = cmd, paths.QMP
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	// QEMU is up once its sockets exist.
@@ -418,6 +417,8 @@ func (e *Emulator) startLocked(ctx context.Context) error {
 		<-done
 		return err
 	}
+	// Set only once e.exited is sure to close: Shutdown waits on it.
+	e.qemu, e.qmp = cmd, paths.QMP
 	go func() {
 		err := <-done
 		e.mu.Lock()
