@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -261,14 +262,23 @@ func Cgroup2Mount(mounts []byte) string {
 }
 
 // removeJail removes j's directory and the cgroup jailer made for it. The
-// VMM must be gone. A cgroup that is still busy is reported, not forced.
+// VMM must be gone. A cgroup is empty only once the last of the VMM's
+// processes has left it, which can trail the VMM's exit a little, so a
+// busy cgroup is retried for a short while, then reported, not forced.
 func removeJail(j Jail) error {
 	var errs []error
 	if err := os.RemoveAll(j.Dir); err != nil {
 		errs = append(errs, fmt.Errorf("jailer: remove chroot: %w", err))
 	}
 	if mounts, err := os.ReadFile("/proc/mounts"); err == nil && Cgroup2Mount(mounts) != "" {
-		if err := unix.Rmdir(filepath.Join(Cgroup2Mount(mounts), j.Cgroup)); err != nil && !errors.Is(err, unix.ENOENT) {
+		dir := filepath.Join(Cgroup2Mount(mounts), j.Cgroup)
+		deadline := time.Now().Add(2 * time.Second)
+		err := unix.Rmdir(dir)
+		for errors.Is(err, unix.EBUSY) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+			err = unix.Rmdir(dir)
+		}
+		if err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("jailer: remove cgroup %s: %w", j.Cgroup, err))
 		}
 	}

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -233,5 +235,42 @@ func TestCmdlineMatchesJail(t *testing.T) {
 	plain := filepath.Join(dir, "plain.sock")
 	if cmdlineMatches(jailed, plain) {
 		t.Error("a jailed cmdline matched a socket that is no link into a jail")
+	}
+}
+
+// A jail's cgroup is removed even when the VMM's last process leaves it a
+// moment after the VMM is reported gone.
+func TestRemoveJailWaitsForBusyCgroup(t *testing.T) {
+	testutil.RequireRoot(t)
+	mounts, err := os.ReadFile("/proc/mounts")
+	if err != nil || Cgroup2Mount(mounts) == "" {
+		t.Skip("no cgroup2 mount")
+	}
+	j := JailFor(t.TempDir(), "/x/firecracker-kiln-test", "busy-"+strconv.Itoa(os.Getpid()))
+	parent := filepath.Join(Cgroup2Mount(mounts), filepath.Dir(j.Cgroup))
+	cg := filepath.Join(Cgroup2Mount(mounts), j.Cgroup)
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Rmdir(cg); syscall.Rmdir(parent) })
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeJail(j); err == nil || !strings.Contains(err.Error(), "remove cgroup") {
+		t.Fatalf("removeJail with a live process in the cgroup = %v, want it reported", err)
+	}
+	cmd.Process.Kill()
+	if err := removeJail(j); err != nil {
+		t.Fatalf("removeJail once the process is going: %v", err)
+	}
+	if _, err := os.Stat(cg); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cgroup %s left: %v", cg, err)
 	}
 }
