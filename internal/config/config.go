@@ -43,6 +43,13 @@ type Config struct {
 	QEMUBinary string `toml:"qemu_binary"`
 	// FirecrackerBinary overrides the firecracker lookup on PATH.
 	FirecrackerBinary string `toml:"firecracker_binary"`
+	// FirecrackerDriveMiBps and FirecrackerDriveIOPS limit each
+	// Firecracker VM's drives, FirecrackerNetMiBps each of its network
+	// interfaces (each direction), through Firecracker's rate limiters;
+	// 0 is unlimited.
+	FirecrackerDriveMiBps int `toml:"firecracker_drive_mibps"`
+	FirecrackerDriveIOPS  int `toml:"firecracker_drive_iops"`
+	FirecrackerNetMiBps   int `toml:"firecracker_net_mibps"`
 	// JailerBinary, when set, launches every Firecracker through
 	// Firecracker's jailer (a path or a name on PATH); empty runs
 	// Firecracker directly as root.
@@ -168,7 +175,9 @@ func (c *Config) applyEnv(env []string) error {
 		"KILN_JAILER_CHROOT_BASE": &c.JailerChrootBase,
 	}
 	ints := map[string]*int{"KILN_VCPUS": &c.VCPUs, "KILN_MEMORY_MIB": &c.MemoryMiB,
-		"KILN_JAILER_UID": &c.JailerUID, "KILN_JAILER_GID": &c.JailerGID}
+		"KILN_JAILER_UID": &c.JailerUID, "KILN_JAILER_GID": &c.JailerGID,
+		"KILN_FIRECRACKER_DRIVE_MIBPS": &c.FirecrackerDriveMiBps, "KILN_FIRECRACKER_DRIVE_IOPS": &c.FirecrackerDriveIOPS,
+		"KILN_FIRECRACKER_NET_MIBPS": &c.FirecrackerNetMiBps}
 	durs := map[string]*Duration{"KILN_STOP_TIMEOUT": &c.StopTimeout, "KILN_BOOT_TIMEOUT": &c.BootTimeout}
 	bools := map[string]*bool{"KILN_NETWORK": &c.Network, "KILN_NAT": &c.NAT}
 	for _, kv := range env {
@@ -245,6 +254,9 @@ func (c Config) Validate() error {
 		if d == "" || d[0] != '/' {
 			return bad("directories must be absolute paths, got %q", d)
 		}
+	}
+	if c.FirecrackerDriveMiBps < 0 || c.FirecrackerDriveIOPS < 0 || c.FirecrackerNetMiBps < 0 {
+		return bad("firecracker rate limits must not be negative (0 is unlimited)")
 	}
 	if c.JailerBinary != "" {
 		if c.JailerUID <= 0 || c.JailerGID <= 0 {

@@ -57,6 +57,7 @@ func TestBadConfigIsRefused(t *testing.T) {
 		"jailer gid 0":     {"", []string{"KILN_JAILER_BINARY=jailer", "KILN_JAILER_UID=1000"}},
 		"jailer base":      {"jailer_binary = \"jailer\"\njailer_uid = 1\njailer_gid = 1\njailer_chroot_base = \"jail\"\n", nil},
 		"jail w/o jailer":  {"jailer_uid = 1000\n", nil},
+		"negative rate":    {"", []string{"KILN_FIRECRACKER_DRIVE_MIBPS=-1"}},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

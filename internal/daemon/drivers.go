@@ -87,7 +87,7 @@ func (d *Daemon) driverFor(v store.VM) (vmm.Driver, error) {
 // elfKernel extracts an ELF vmlinux for Firecracker releases that need one.
 func pickDrivers(ctx context.Context, cfg config.Config, logger *slog.Logger, elfKernel func(context.Context, string) (string, error)) (driverSet, error) {
 	s := driverSet{usable: map[string]vmm.Driver{}, down: map[string]error{}}
-	fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary, Logger: logger, ELFKernel: elfKernel, Jailer: jailerConfig(cfg)})
+	fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary, Logger: logger, ELFKernel: elfKernel, Jailer: jailerConfig(cfg), Limits: firecrackerLimits(cfg)})
 	fcErr := fc.Probe(ctx)
 	defName := "qemu"
 	if cfg.VMM == "firecracker" || cfg.VMM == "auto" {
@@ -118,6 +118,15 @@ func pickDrivers(ctx context.Context, cfg config.Config, logger *slog.Logger, el
 		logger.Info("vmm: "+name+" not available for --vmm", "reason", why.Error())
 	}
 	return s, nil
+}
+
+// firecrackerLimits are the rate limits of every Firecracker drive and NIC.
+func firecrackerLimits(cfg config.Config) firecracker.Limits {
+	const mib = 1 << 20
+	return firecracker.Limits{
+		Drive: firecracker.PerSecond(int64(cfg.FirecrackerDriveMiBps)*mib, int64(cfg.FirecrackerDriveIOPS)),
+		NIC:   firecracker.PerSecond(int64(cfg.FirecrackerNetMiBps)*mib, 0),
+	}
 }
 
 // jailerConfig is the Firecracker driver's jailer settings, nil when

@@ -150,3 +150,25 @@ esac
 		})
 	}
 }
+
+// The config's jailer and rate-limit keys reach the Firecracker driver.
+func TestFirecrackerSettingsFromConfig(t *testing.T) {
+	cfg := config.Default()
+	if jailerConfig(cfg) != nil {
+		t.Error("no jailer_binary must mean no jailer")
+	}
+	if l := firecrackerLimits(cfg); l.Drive != nil || l.NIC != nil {
+		t.Errorf("default limits = %+v, want none", l)
+	}
+	cfg.JailerBinary, cfg.JailerUID, cfg.JailerGID = "/usr/bin/jailer", 1000, 1001
+	cfg.FirecrackerDriveMiBps, cfg.FirecrackerDriveIOPS, cfg.FirecrackerNetMiBps = 512, 20000, 100
+	j := jailerConfig(cfg)
+	if j == nil || j.UID != 1000 || j.GID != 1001 || j.ChrootBase != "/var/lib/kiln/jail" {
+		t.Errorf("jailer = %+v", j)
+	}
+	l := firecrackerLimits(cfg)
+	if l.Drive == nil || l.Drive.Bandwidth.Size != 512<<20 || l.Drive.Ops.Size != 20000 ||
+		l.NIC == nil || l.NIC.Bandwidth.Size != 100<<20 || l.NIC.Ops != nil {
+		t.Errorf("limits = drive %+v, nic %+v", l.Drive, l.NIC)
+	}
+}

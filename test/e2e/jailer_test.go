@@ -89,7 +89,10 @@ func TestFirecrackerJailer(t *testing.T) {
 
 	h.killDaemon(t, syscall.SIGTERM)
 	fc := firecrackerBinary(t, h)
-	env := append([]string{"KILN_VMM=firecracker", "KILN_FIRECRACKER_BINARY=" + fc}, jailEnv...)
+	// Rate limits ride along: the emulator checks each request against the
+	// API spec, so a malformed limiter would fail the create.
+	env := append([]string{"KILN_VMM=firecracker", "KILN_FIRECRACKER_BINARY=" + fc,
+		"KILN_FIRECRACKER_DRIVE_MIBPS=512", "KILN_FIRECRACKER_DRIVE_IOPS=20000", "KILN_FIRECRACKER_NET_MIBPS=100"}, jailEnv...)
 	if err := h.startDaemon(env); err != nil {
 		t.Fatal(err)
 	}

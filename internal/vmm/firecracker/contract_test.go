@@ -33,6 +33,8 @@ func everyRequest() []Request {
 		NICs:  []vmm.NIC{{TAP: "kiln-tap0", MAC: "02:00:00:00:00:01"}}, CID: 7,
 	}
 	reqs := Plan(spec, PathsFor(spec.Dir), Limits{Drive: lim, NIC: lim})
+	// The limiters kiln's config makes (firecracker_*_mibps, _iops).
+	reqs = append(reqs, Plan(spec, PathsFor(spec.Dir), Limits{Drive: PerSecond(200<<20, 1000), NIC: PerSecond(50<<20, 0)})...)
 	reqs = append(reqs,
 		Request{http.MethodPut, "/entropy", EntropyDevice{RateLimiter: lim}},
 		ActionRequest(ActionInstanceStart), ActionRequest(ActionSendCtrlAltDel), ActionRequest(ActionFlushMetrics),

@@ -47,6 +47,22 @@ type Limits struct {
 	NIC   *RateLimiter
 }
 
+// PerSecond is a rate limiter allowing bytesPerSec bytes and opsPerSec
+// operations each second (a bucket of one second's worth, refilled over a
+// second); a zero rate is unlimited, and nil means no limiter at all.
+func PerSecond(bytesPerSec, opsPerSec int64) *RateLimiter {
+	bucket := func(n int64) *TokenBucket {
+		if n <= 0 {
+			return nil
+		}
+		return &TokenBucket{Size: n, RefillTime: 1000}
+	}
+	if bytesPerSec <= 0 && opsPerSec <= 0 {
+		return nil
+	}
+	return &RateLimiter{Bandwidth: bucket(bytesPerSec), Ops: bucket(opsPerSec)}
+}
+
 // Plan returns the ordered API requests that configure a VM for spec, up
 // to but not including InstanceStart. It is a pure function: the contract
 // tests check every request it can produce against the API spec.

@@ -64,3 +64,17 @@ func TestParseVersion(t *testing.T) {
 		t.Fatal("Less is wrong")
 	}
 }
+
+func TestPerSecond(t *testing.T) {
+	if PerSecond(0, 0) != nil {
+		t.Error("no rates must mean no limiter")
+	}
+	l := PerSecond(100<<20, 0)
+	if l.Bandwidth == nil || l.Bandwidth.Size != 100<<20 || l.Bandwidth.RefillTime != 1000 || l.Ops != nil {
+		t.Errorf("bandwidth only: %+v %+v", l.Bandwidth, l.Ops)
+	}
+	l = PerSecond(0, 500)
+	if l.Bandwidth != nil || l.Ops == nil || l.Ops.Size != 500 {
+		t.Errorf("ops only: %+v %+v", l.Bandwidth, l.Ops)
+	}
+}
