@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X github.com/kilnvm/kiln/internal/daemon.Version=$(VERSION)
 E2E_TIMEOUT ?= 60m
 
-.PHONY: all deps build test unit e2e demo bench lint install clean
+.PHONY: all deps build test unit e2e demo bench docs lint install clean
 
 all: build
 
@@ -42,6 +42,11 @@ demo: deps build
 ## bench: ratios against bare baselines, written to docs/performance.md
 bench: deps build
 	KILN_BENCH_OUT=$(CURDIR)/docs/performance.md $(GO) test -count=1 -timeout 60m -v -run '^TestBenchmark' ./test/e2e/
+
+## docs: regenerate docs/cli.md and docs/api.md from the code (a unit test
+## fails when they are stale)
+docs:
+	$(GO) run ./internal/docgen/gendocs docs
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -1,7 +1,8 @@
 // Policy tests: rules of kiln's code base that a reviewer should not have
 // to enforce by hand (STYLE.md): every package explains itself, no package
-// registers itself from init(), internal/daemon is imported only by the
-// CLI, and the guest agent stays free of the daemon's dependencies.
+// registers itself from init() or keeps mutable package-level state,
+// internal/daemon is imported only by the CLI, and the guest agent stays
+// free of the daemon's dependencies.
 package kiln_test
 
 import (
@@ -107,4 +108,103 @@ func TestAgentStaysSmall(t *testing.T) {
 			}
 		}
 	}
+}
+
+// immutableVarExceptions are package-level variables under internal/ that
+// the rule below cannot recognise as immutable, each with why it stays.
+var immutableVarExceptions = map[string]string{
+	// -ldflags -X can only stamp a variable; no code assigns it.
+	"internal/daemon.Version": "stamped at link time by the Makefile's -ldflags -X",
+	// The ordered schema migrations, read by migrate and by the migration
+	// tests (which index it); no code appends to or writes it.
+	"internal/store.migrations": "ordered migration table, read only",
+}
+
+// TestNoMutablePackageVars rejects package-level variables in internal/
+// (STYLE.md §7.1: no global registries, no swappable package vars). The
+// immutable kinds are allowed: sentinel errors (Err… = errors.New,
+// fmt.Errorf or &T{…}), compiled regexps, `var _ I = …` assertions and
+// //go:embed strings or embed.FS. Anything else becomes a const, a function
+// returning a fresh value, or a field of the struct that uses it.
+func TestNoMutablePackageVars(t *testing.T) {
+	seen := map[string]bool{}
+	for _, p := range parsePackages(t) {
+		dir := filepath.ToSlash(p.dir)
+		if !strings.HasPrefix(dir, "internal/") {
+			continue
+		}
+		for name, f := range p.files {
+			for _, d := range f.Decls {
+				g, ok := d.(*ast.GenDecl)
+				if !ok || g.Tok != token.VAR {
+					continue
+				}
+				for _, s := range g.Specs {
+					vs := s.(*ast.ValueSpec)
+					for i, id := range vs.Names {
+						if _, ok := immutableVarExceptions[dir+"."+id.Name]; ok {
+							seen[dir+"."+id.Name] = true
+							continue
+						}
+						if immutableVar(g, vs, i) {
+							continue
+						}
+						t.Errorf("%s: package-level var %s: make it a const, a function or a struct field (or, if it is immutable, add it to immutableVarExceptions with why)", name, id.Name)
+					}
+				}
+			}
+		}
+	}
+	for v := range immutableVarExceptions {
+		if !seen[v] {
+			t.Errorf("immutableVarExceptions names %s, which no longer exists: remove the entry", v)
+		}
+	}
+}
+
+// immutableVar reports whether the i-th name of vs is one of the
+// immutable kinds TestNoMutablePackageVars allows.
+func immutableVar(g *ast.GenDecl, vs *ast.ValueSpec, i int) bool {
+	name := vs.Names[i].Name
+	if name == "_" {
+		return true // interface assertion
+	}
+	for _, c := range []*ast.CommentGroup{g.Doc, vs.Doc} {
+		if c == nil {
+			continue
+		}
+		for _, l := range c.List {
+			if strings.HasPrefix(l.Text, "//go:embed ") {
+				if id, ok := vs.Type.(*ast.Ident); ok && id.Name == "string" {
+					return true
+				}
+				if sel, ok := vs.Type.(*ast.SelectorExpr); ok && sel.Sel.Name == "FS" {
+					return true
+				}
+				return false // []byte can be written to: embed a string
+			}
+		}
+	}
+	if i >= len(vs.Values) {
+		return false
+	}
+	v := vs.Values[i]
+	if call, ok := v.(*ast.CallExpr); ok {
+		if sel, ok := call.Fun.(*ast.SelectorExpr); ok {
+			if pkg, ok := sel.X.(*ast.Ident); ok {
+				switch pkg.Name + "." + sel.Sel.Name {
+				case "regexp.MustCompile":
+					return true
+				case "errors.New", "fmt.Errorf":
+					return strings.HasPrefix(name, "Err") || strings.HasPrefix(name, "err")
+				}
+			}
+		}
+	}
+	if u, ok := v.(*ast.UnaryExpr); ok && u.Op == token.AND {
+		if _, ok := u.X.(*ast.CompositeLit); ok {
+			return strings.HasPrefix(name, "Err") || strings.HasPrefix(name, "err")
+		}
+	}
+	return false
 }

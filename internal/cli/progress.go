@@ -100,10 +100,11 @@ func (e *env) follow(ctx context.Context, c *client.Client, op api.Operation) (a
 	return final, err
 }
 
-var spinFrames = []rune("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+const spinFrames = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 func spinner() string {
-	return string(spinFrames[(time.Now().UnixMilli()/100)%int64(len(spinFrames))])
+	frames := []rune(spinFrames)
+	return string(frames[(time.Now().UnixMilli()/100)%int64(len(frames))])
 }
 
 func fmtDur(d time.Duration) string {

@@ -199,21 +199,6 @@ func newVMShowCmd(e *env) *cobra.Command {
 	}
 }
 
-func newVMLogsCmd(e *env) *cobra.Command {
-	return &cobra.Command{
-		Use:   "logs VM",
-		Short: "Print a VM's serial console log",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return c.VMLogs(cmd.Context(), args[0], e.stdout)
-		},
-	}
-}
-
 // forEachVM runs fn on several VMs concurrently and reports in the order
 // given; the command fails if any failed.
 func (e *env) forEachVM(ctx context.Context, names []string, fn func(ctx context.Context, name string) error) error {

@@ -103,6 +103,10 @@ type Config struct {
 	// Failpoint names a create/delete stage at which the daemon kills itself
 	// with SIGKILL. Test-only: set through KILN_FAILPOINT, never in a file.
 	Failpoint string `toml:"-"`
+	// LockCheck makes the daemon check its lock order at every acquisition
+	// and panic on an inversion (internal/lockorder). Test-only: set through
+	// KILN_LOCKCHECK=1 (the e2e harness does), never in a file.
+	LockCheck bool `toml:"-"`
 }
 
 // Duration is a time.Duration written as "10s" in TOML.
@@ -179,7 +183,7 @@ func (c *Config) applyEnv(env []string) error {
 		"KILN_FIRECRACKER_DRIVE_MIBPS": &c.FirecrackerDriveMiBps, "KILN_FIRECRACKER_DRIVE_IOPS": &c.FirecrackerDriveIOPS,
 		"KILN_FIRECRACKER_NET_MIBPS": &c.FirecrackerNetMiBps}
 	durs := map[string]*Duration{"KILN_STOP_TIMEOUT": &c.StopTimeout, "KILN_BOOT_TIMEOUT": &c.BootTimeout}
-	bools := map[string]*bool{"KILN_NETWORK": &c.Network, "KILN_NAT": &c.NAT}
+	bools := map[string]*bool{"KILN_NETWORK": &c.Network, "KILN_NAT": &c.NAT, "KILN_LOCKCHECK": &c.LockCheck}
 	for _, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !strings.HasPrefix(k, "KILN_") {

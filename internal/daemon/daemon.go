@@ -22,6 +22,7 @@ import (
 	"github.com/kilnvm/kiln/internal/disk"
 	"github.com/kilnvm/kiln/internal/image"
 	"github.com/kilnvm/kiln/internal/kernel"
+	"github.com/kilnvm/kiln/internal/lockorder"
 	"github.com/kilnvm/kiln/internal/network"
 	"github.com/kilnvm/kiln/internal/paths"
 	"github.com/kilnvm/kiln/internal/store"
@@ -52,9 +53,11 @@ type Daemon struct {
 
 	// Locks, outermost first: vmLocks[id] → {createVMMu, imageOpsMu} → the
 	// leaves (ops, guests, vmLocks.mu). See ARCHITECTURE.md.
+	// Checked in tests and with KILN_LOCKCHECK=1 (lockorder.go).
 	vmLocks    vmLockSet
-	createVMMu sync.Mutex // serialises name reservation of VM creates
-	imageOpsMu sync.Mutex // serialises image and kernel registry changes
+	createVMMu lockorder.Mutex // serialises name reservation of VM creates
+	imageOpsMu lockorder.Mutex // serialises image and kernel registry changes
+	lockOrder  *lockorder.Order
 	guests     guestPool  // owns its own leaf lock
 	fwd        forwardSet // port forwards (forwards.go); owns its own leaf locks
 	// net is the VM network (network.go), nil when `network = false`;
@@ -66,6 +69,7 @@ type Daemon struct {
 	closeOnce sync.Once
 	stopBg    context.CancelFunc
 	bgDone    sync.WaitGroup
+	bgCtx     context.Context // set by Serve, ended by Close before the server shuts down: ends log follows (logs.go)
 }
 
 // Options are the daemon's dependencies beyond its configuration.
@@ -95,6 +99,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	}
 	d := &Daemon{cfg: cfg, layout: l, logger: opts.Logger, runner: opts.Runner, agentPath: agentPath,
 		ops: opstate.New(time.Now, 15*time.Minute)}
+	d.initLocks(daemonLockOrder(cfg.LockCheck)) // lockorder.go
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -118,7 +123,7 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	d.driver = d.drivers.def
 	f := d.driver.Features()
 	d.logger.Info("kiln daemon starting", "version", Version, "state_dir", l.StateDir, "vmm", d.driver.Name(), "vmms", d.drivers.names(),
-		"accel", f.Accel, "channel", f.Channel, "disk_backend", d.disks.Name(), "agent", agentPath)
+		"accel", f.Accel, "channel", f.Channel, "disk_backend", d.disks.Name(), "agent", agentPath, "lockcheck", cfg.LockCheck)
 	if f.AccelNote != "" {
 		d.logger.Warn(f.AccelNote)
 	}
@@ -163,6 +168,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	bg, stop := context.WithCancel(ctx)
 	d.stopBg = stop
+	d.bgCtx = bg
 	d.bgDone.Add(1)
 	go func() {
 		defer d.bgDone.Done()

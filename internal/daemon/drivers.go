@@ -18,7 +18,7 @@ import (
 
 // vmmNames are the VMM names a VM may ask for with `--vmm`; "auto" (or
 // nothing) takes the daemon's default.
-var vmmNames = []string{"qemu", "firecracker"}
+func vmmNames() []string { return []string{"qemu", "firecracker"} }
 
 // driverSet holds every VMM driver that probed OK on this daemon, the
 // default one (what `vmm` in the config picked), and why each other
@@ -44,7 +44,7 @@ func (s driverSet) forRequest(name string) (vmm.Driver, error) {
 	if why, ok := s.down[name]; ok {
 		return nil, fmt.Errorf("vmm %q is not usable on this daemon: %v: %w", name, why, api.ErrFailedPrecondition)
 	}
-	return nil, api.Errorf(api.ErrBadRequest, "unknown vmm %q (want auto, %s)", name, strings.Join(vmmNames, " or "))
+	return nil, api.Errorf(api.ErrBadRequest, "unknown vmm %q (want auto, %s)", name, strings.Join(vmmNames(), " or "))
 }
 
 // forVM is the driver of an existing VM: the one recorded at create (a

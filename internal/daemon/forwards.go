@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kilnvm/kiln/internal/api"
+	"github.com/kilnvm/kiln/internal/lockorder"
 	"github.com/kilnvm/kiln/internal/store"
 	"github.com/kilnvm/kiln/internal/vmm"
 )
@@ -28,7 +29,7 @@ const forwardHost = "127.0.0.1"
 // the VM's agent (so forwards work with guest networking off). Forwards
 // live in memory: they end with the VM (stop, kill, delete) or the daemon.
 type forwardSet struct {
-	mu sync.Mutex // guards m; a leaf: never held across guest I/O or listener Close
+	mu lockorder.Mutex // guards m; a leaf: never held across guest I/O or listener Close
 	m  map[int]*forward
 }
 
@@ -38,7 +39,7 @@ type forward struct {
 	vmID string
 	l    net.Listener
 
-	mu     sync.Mutex             // guards conns and closed; a leaf, never nested with forwardSet.mu
+	mu     lockorder.Mutex        // guards conns and closed; a leaf, never nested with forwardSet.mu
 	conns  map[io.Closer]struct{} // host connections and guest streams
 	closed bool
 	done   sync.WaitGroup // the accept loop and the connections' splices
@@ -72,7 +73,7 @@ func (d *Daemon) AddForward(ctx context.Context, ref string, req api.ForwardRequ
 			}
 			return fmt.Errorf("listen on %s:%d: %w", forwardHost, req.HostPort, err)
 		}
-		f := &forward{vmID: v.ID, l: l, conns: map[io.Closer]struct{}{},
+		f := &forward{vmID: v.ID, l: l, conns: map[io.Closer]struct{}{}, mu: lockorder.Mutex{Name: lockForward, Order: d.lockOrder},
 			Forward: api.Forward{VM: v.Name, HostAddr: forwardHost, HostPort: l.Addr().(*net.TCPAddr).Port, GuestPort: req.GuestPort}}
 		d.fwd.mu.Lock()
 		if d.fwd.m == nil {

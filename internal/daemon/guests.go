@@ -8,13 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	"golang.org/x/crypto/ssh"
 
 	"github.com/kilnvm/kiln/internal/agent/proto"
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/guest"
+	"github.com/kilnvm/kiln/internal/lockorder"
 	"github.com/kilnvm/kiln/internal/paths"
 	"github.com/kilnvm/kiln/internal/vmm"
 )
@@ -23,7 +23,7 @@ import (
 // admits a single host connection, so every exec, shell and health check
 // of a VM shares it (as yamux streams).
 type guestPool struct {
-	mu sync.Mutex // guards conns; a leaf: never held across guest I/O
+	mu lockorder.Mutex // guards conns; a leaf: never held across guest I/O
 	m  map[string]*guestConn
 }
 

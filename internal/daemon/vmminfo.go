@@ -39,7 +39,7 @@ func driverVersions(ctx context.Context, usable map[string]vmm.Driver) map[strin
 // vmmInfo lists every known VMM in vmmNames order, then any other driver
 // the set holds, as GET /v1/version reports them.
 func (s driverSet) vmmInfo() []api.VMMInfo {
-	names := append([]string(nil), vmmNames...)
+	names := vmmNames()
 	seen := map[string]bool{}
 	for _, n := range names {
 		seen[n] = true

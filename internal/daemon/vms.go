@@ -653,25 +653,6 @@ func (d *Daemon) handleVMAction(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, vm)
 }
 
-func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
-	v, err := d.store.GetVM(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return err
-	}
-	f, err := os.Open(filepath.Join(d.layout.VMDir(v.ID), paths.VMSerialLog))
-	if errors.Is(err, fs.ErrNotExist) {
-		w.WriteHeader(http.StatusOK)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, err = io.Copy(w, f)
-	return err
-}
-
 func (d *Daemon) handleVMSSH(w http.ResponseWriter, r *http.Request) error {
 	v, err := d.store.GetVM(r.Context(), r.PathValue("name"))
 	if err != nil {

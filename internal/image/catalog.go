@@ -31,7 +31,7 @@ type CatalogEntry struct {
 }
 
 //go:embed catalog.json
-var catalogJSON []byte
+var catalogJSON string
 
 // Catalog returns the catalog embedded in the binary, sorted by name.
 func Catalog() ([]CatalogEntry, error) { return LoadCatalog("") }
@@ -42,7 +42,7 @@ func Catalog() ([]CatalogEntry, error) { return LoadCatalog("") }
 // does not exist adds nothing. The file is read at each call, so an edit
 // takes effect without a daemon restart.
 func LoadCatalog(extra string) ([]CatalogEntry, error) {
-	c, err := parseCatalog("embedded image catalog", catalogJSON)
+	c, err := parseCatalog("embedded image catalog", []byte(catalogJSON))
 	if err != nil {
 		return nil, err
 	}

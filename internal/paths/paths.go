@@ -42,8 +42,9 @@ func (l Layout) VMDir(id string) string { return filepath.Join(l.StateDir, "vms"
 // short because Unix socket paths are limited to 107 bytes.
 func (l Layout) VMRunDir(id string) string { return filepath.Join(l.RunDir, "vm", id) }
 
-// Per-VM file names. Every file kiln writes for a VM is named here; the
-// list is documented in docs/architecture.md and checked by a test.
+// Per-VM file names. Every file kiln writes in a VM's durable directory is
+// named here (each VMM driver names the files of the runtime directory); the
+// lists are in docs/architecture.md and docs_test.go checks them.
 const (
 	// In VMDir.
 	VMRootDisk   = "root.ext4"    // copy-on-write clone of the image
@@ -52,12 +53,11 @@ const (
 	VMClientKey  = "client_key"   // kiln's SSH client key for this VM (0600)
 	VMHandles    = "handles.json" // live VMM handle; checked at daemon start
 	VMSerialLog  = "console.log"  // the guest's serial console
-	VMMLog       = "vmm.log"      // the VMM's own output
 	VMConfigJSON = "vm.json"      // the per-VM config as sent to the guest (no keys)
 	VMCmdline    = "cmdline"      // the guest kernel command line of the last boot
 )
 
 // VMFiles lists the per-VM file names, for docs and tests.
 func VMFiles() []string {
-	return []string{VMRootDisk, VMInitrd, VMHostKey, VMClientKey, VMHandles, VMSerialLog, VMMLog, VMConfigJSON, VMCmdline}
+	return []string{VMRootDisk, VMInitrd, VMHostKey, VMClientKey, VMHandles, VMSerialLog, VMConfigJSON, VMCmdline}
 }

@@ -152,3 +152,20 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// OpenFDs counts this process's descriptors open on path (a deleted file
+// included), so tests can show that nothing was left open.
+func OpenFDs(t testing.TB, path string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.TrimSuffix(l, " (deleted)") == path {
+			n++
+		}
+	}
+	return n
+}

@@ -46,6 +46,9 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if shared != nil {
+		if shared.reportLockViolations() { // lockorder_test.go
+			code = max(code, 1)
+		}
 		shared.teardown()
 	}
 	os.Exit(code)
@@ -112,6 +115,7 @@ func newHarness(t *testing.T) (*harness, error) {
 		"KILN_IMAGE_CATALOG="+filepath.Join(root, "catalog.json"), // image_autopull_test.go writes it
 		"KILN_MEMORY_MIB=512", "KILN_VCPUS=2", "KILN_SOCKET_GROUP=",
 		"KILN_BOOT_TIMEOUT=2m", "KILN_STOP_TIMEOUT=20s", "KILN_LOG_LEVEL=debug",
+		"KILN_LOCKCHECK=1", // every lock inversion panics the daemon (internal/lockorder)
 		"NO_COLOR=1",
 		// The shared daemon runs in the host's network namespace: no bridge,
 		// NAT or DNS there. Network tests start their own daemons inside

@@ -48,13 +48,24 @@ func IsUnreachable(err error) bool {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, body io.Reader, contentType string, out any) error {
+	resp, err := c.send(ctx, method, path, query, body, contentType)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return decode(resp, out)
+}
+
+// send makes one request and returns the response unread, with the
+// daemon-unreachable and permission errors classed and hinted.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, body io.Reader, contentType string) (*http.Response, error) {
 	u := "http://kiln" + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
@@ -63,17 +74,16 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if IsUnreachable(err) {
-			return api.Hinted(fmt.Errorf("kiln daemon is not running (no answer on %s): %w", c.socket, api.ErrUnavailable),
+			return nil, api.Hinted(fmt.Errorf("kiln daemon is not running (no answer on %s): %w", c.socket, api.ErrUnavailable),
 				"start it with `sudo kiln daemon`, or run kiln as root to have it started for you")
 		}
 		if errors.Is(err, syscall.EACCES) {
-			return api.Hinted(fmt.Errorf("no permission to use the kiln socket %s: %w", c.socket, api.ErrPermissionDenied),
+			return nil, api.Hinted(fmt.Errorf("no permission to use the kiln socket %s: %w", c.socket, api.ErrPermissionDenied),
 				"ask root to add you to the kiln group (`usermod -aG kiln $USER`), then log in again")
 		}
-		return fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	defer resp.Body.Close()
-	return decode(resp, out)
+	return resp, nil
 }
 
 func decode(resp *http.Response, out any) error {
@@ -156,11 +166,6 @@ func (c *Client) DeleteVM(ctx context.Context, name string) error {
 func (c *Client) VMAction(ctx context.Context, name, action string) (api.VM, error) {
 	var vm api.VM
 	return vm, c.json(ctx, http.MethodPost, fill(api.PathVMAction, "name", name, "action", action), nil, &vm)
-}
-
-// VMLogs copies the VM's console log to w.
-func (c *Client) VMLogs(ctx context.Context, name string, w io.Writer) error {
-	return c.do(ctx, http.MethodGet, fill(api.PathVMLogs, "name", name), nil, nil, "", w)
 }
 
 // SSHCredentials returns what a client needs to speak SSH to the VM's agent.
