@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/testutil"
 )
@@ -173,5 +175,48 @@ func TestFirecrackerJailer(t *testing.T) {
 		if exists(d) {
 			t.Errorf("delete left %s behind", d)
 		}
+	}
+}
+
+// TestFirecrackerJailerNetwork boots a jailed Firecracker VM with
+// networking on: the TAPs are the jail user's, so the unprivileged VMM
+// attaches to one, and the guest reaches the bridge.
+func TestFirecrackerJailerNetwork(t *testing.T) {
+	testutil.RequireRoot(t)
+	h, ns, nsName := netHarness(t)
+	base := setup(t)
+	jailer := jailerBinary(t, base)
+	h.killDaemon(t, syscall.SIGTERM)
+	env := []string{"KILN_VMM=firecracker", "KILN_FIRECRACKER_BINARY=" + firecrackerBinary(t, base),
+		"KILN_JAILER_BINARY=" + jailer, "KILN_JAILER_UID=" + strconv.Itoa(jailUID), "KILN_JAILER_GID=" + strconv.Itoa(jailUID)}
+	// `ip netns exec` remounts /sys, which hides the cgroup hierarchy
+	// jailer needs; nsenter changes only the network namespace.
+	if err := startNetDaemonVia(h, []string{"nsenter", "--net=/run/netns/" + nsName}, env); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Rmdir(filepath.Join(cgroup2Dir(t), "firecracker-fcemu")) })
+	vm := h.createVM(t, "jn")
+	if uid, err := procUID(vm.PID); err != nil || uid != jailUID {
+		t.Fatalf("VMM runs as uid %d (%v), want the jail user", uid, err)
+	}
+	_, attached := taps(t, ns)
+	if len(attached) != 1 {
+		t.Fatalf("TAPs attached: %v", attached)
+	}
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := nh.LinkByName(attached[0])
+	nh.Close()
+	if tap, ok := l.(*netlink.Tuntap); err != nil || !ok || tap.Owner != jailUID {
+		t.Fatalf("TAP %s: %#v %v, want one owned by %d", attached[0], l, err, jailUID)
+	}
+	if r := h.kiln(t, "vm", "exec", "jn", "--", "ping", "-c", "1", "-W", "10", "10.231.0.1"); r.code != 0 {
+		t.Fatalf("the jailed VM cannot reach the bridge: %s\nconsole:\n%s", r, h.kiln(t, "vm", "logs", "jn").stdout)
+	}
+	h.mustKiln(t, "vm", "delete", "jn")
+	if got := leftovers(t, ns, attached); len(got) != 0 {
+		t.Fatalf("after delete: %v", got)
 	}
 }

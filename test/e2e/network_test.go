@@ -84,11 +84,17 @@ func netHarness(t *testing.T) (*harness, netns.NsHandle, string) {
 
 // startNetDaemon is startDaemon run through `ip netns exec`.
 func startNetDaemon(h *harness, nsName string, extraEnv []string) error {
+	return startNetDaemonVia(h, []string{"ip", "netns", "exec", nsName}, extraEnv)
+}
+
+// startNetDaemonVia is startDaemon run through the command prefix via,
+// which puts the daemon in the test's network namespace.
+func startNetDaemonVia(h *harness, via []string, extraEnv []string) error {
 	logf, err := os.OpenFile(filepath.Join(h.root, "daemon.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("ip", "netns", "exec", nsName, filepath.Join(h.bin, "kiln"), "--config", h.config, "daemon")
+	cmd := exec.Command(via[0], append(via[1:], filepath.Join(h.bin, "kiln"), "--config", h.config, "daemon")...)
 	cmd.Env = append(append([]string(nil), h.env...), extraEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
