@@ -78,7 +78,7 @@ func newImageCmd(e *env) *cobra.Command {
 			return e.showImage(cmd, name)
 		},
 	}
-	importCmd.Flags().StringVar(&tarPath, "rootfs-tar", "", "rootfs tarball (plain or gzip), - for stdin")
+	importCmd.Flags().StringVar(&tarPath, "rootfs-tar", "", "rootfs tarball (plain, gzip, xz or zstd), - for stdin")
 	importCmd.Flags().StringVar(&dir, "dir", "", "rootfs directory")
 	importCmd.Flags().StringVar(&kernel, "kernel", "", "kernel VMs of this image boot by default")
 	importCmd.Flags().StringVar(&size, "size", "", "filesystem size (default: content + headroom)")

@@ -93,7 +93,8 @@ func newVMForwardCmd(e *env) *cobra.Command {
 		Long: "Forward 127.0.0.1:HOST_PORT on the host to port GUEST_PORT on the guest's loopback,\n" +
 			"through the agent's channel, so it works with the guest's network off. HOST_PORT\n" +
 			"defaults to GUEST_PORT; 0 picks a free one. The daemon holds the forward until\n" +
-			"`--rm`, or until the VM stops or is deleted (or the daemon exits).",
+			"`--rm`, or until the VM stops or is deleted; a daemon restart re-opens it on the\n" +
+			"same host port (or drops it, with a warning in its log, if that port is taken).",
 		Example: "  kiln vm forward box 8080          # 127.0.0.1:8080 -> box:8080\n" +
 			"  kiln vm forward box 3000:80       # 127.0.0.1:3000 -> box:80\n" +
 			"  kiln vm forward --list\n" +

@@ -58,6 +58,11 @@ func TestBadConfigIsRefused(t *testing.T) {
 		"jailer base":      {"jailer_binary = \"jailer\"\njailer_uid = 1\njailer_gid = 1\njailer_chroot_base = \"jail\"\n", nil},
 		"jail w/o jailer":  {"jailer_uid = 1000\n", nil},
 		"negative rate":    {"", []string{"KILN_FIRECRACKER_DRIVE_MIBPS=-1"}},
+		"qemu uid alone":   {"qemu_uid = 65534\n", nil},
+		"qemu gid alone":   {"", []string{"KILN_QEMU_GID=65534"}},
+		"qemu negative":    {"", []string{"KILN_QEMU_UID=-1", "KILN_QEMU_GID=-1"}},
+		"qemu uid 0":       {"qemu_uid = 0\nqemu_gid = 100\n", nil},
+		"qemu uid word":    {"", []string{"KILN_QEMU_UID=nobody", "KILN_QEMU_GID=65534"}},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -76,6 +81,16 @@ func TestJailer(t *testing.T) {
 	}
 	if cfg.ChrootBase() != "/var/lib/kiln/jail" || len(cfg.JailerCgroups) != 2 || cfg.JailerCgroups[0] != "cpu.max=50000 100000" {
 		t.Fatalf("jailer config: base %s, cgroups %q", cfg.ChrootBase(), cfg.JailerCgroups)
+	}
+}
+
+func TestQEMUUser(t *testing.T) {
+	cfg, err := Load(write(t, "qemu_uid = 1000\nqemu_gid = 100\n"), []string{"KILN_QEMU_UID=65534", "KILN_QEMU_GID=65533"})
+	if err != nil || cfg.QEMUUID != 65534 || cfg.QEMUGID != 65533 {
+		t.Fatalf("env over file: %d:%d, %v", cfg.QEMUUID, cfg.QEMUGID, err)
+	}
+	if cfg, err = Load(write(t, ""), nil); err != nil || cfg.QEMUUID != 0 || cfg.QEMUGID != 0 {
+		t.Fatalf("default: %d:%d, %v; want root", cfg.QEMUUID, cfg.QEMUGID, err)
 	}
 }
 

@@ -139,6 +139,9 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	if d.listener, err = listen(ctx, cfg.SocketPath(), cfg.SocketGroup, d.logger); err != nil {
 		return nil, err
 	}
+	// After listen: a second daemon refused above must not drop the
+	// first one's forwards as "port in use".
+	d.restoreForwards(ctx) // forwards.go; best effort, logs what it drops
 	return d, nil
 }
 

@@ -59,6 +59,7 @@ func Doctor(ctx context.Context, cfg config.Config) []api.Check {
 		}
 		add("qemu", "pass", detail, "")
 	}
+	out = append(out, qemuUserCheck(cfg)) // qemu_user.go
 	fc := firecracker.New(firecracker.Config{Binary: cfg.FirecrackerBinary})
 	fcErr, kvmFCErr := fc.Probe(vctx), fc.ProbeKVM()
 	lo, hi := firecracker.TestedRange()

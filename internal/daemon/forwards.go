@@ -26,8 +26,10 @@ const forwardHost = "127.0.0.1"
 
 // forwardSet holds the daemon's port forwards: a listener on the host per
 // forward, each connection spliced to an SSH direct-tcpip channel through
-// the VM's agent (so forwards work with guest networking off). Forwards
-// live in memory: they end with the VM (stop, kill, delete) or the daemon.
+// the VM's agent (so forwards work with guest networking off). Each is
+// also recorded in the store: they end with the VM (stop, kill, delete) or
+// when removed; the daemon's exit closes the listeners but keeps the
+// records, and the next daemon restores them (restoreForwards).
 type forwardSet struct {
 	mu lockorder.Mutex // guards m; a leaf: never held across guest I/O or listener Close
 	m  map[int]*forward
@@ -64,34 +66,56 @@ func (d *Daemon) AddForward(ctx context.Context, ref string, req api.ForwardRequ
 		if err != nil {
 			return fmt.Errorf("vm %q has no live handle: %w", v.Name, api.ErrUnavailable)
 		}
-		var lc net.ListenConfig
-		l, err := lc.Listen(ctx, "tcp4", net.JoinHostPort(forwardHost, strconv.Itoa(req.HostPort)))
+		l, err := listenForward(ctx, req.HostPort)
 		if err != nil {
 			if errors.Is(err, syscall.EADDRINUSE) {
 				return api.Hinted(fmt.Errorf("host port %d is in use: %w", req.HostPort, api.ErrConflict),
 					"pick another host port (HOST_PORT:GUEST_PORT), or 0 for a free one; `kiln vm forward --list` shows kiln's forwards")
 			}
-			return fmt.Errorf("listen on %s:%d: %w", forwardHost, req.HostPort, err)
+			return err
 		}
-		f := &forward{vmID: v.ID, l: l, conns: map[io.Closer]struct{}{}, mu: lockorder.Mutex{Name: lockForward, Order: d.lockOrder},
-			Forward: api.Forward{VM: v.Name, HostAddr: forwardHost, HostPort: l.Addr().(*net.TCPAddr).Port, GuestPort: req.GuestPort}}
-		d.fwd.mu.Lock()
-		if d.fwd.m == nil {
-			d.fwd.m = map[int]*forward{}
+		// Listen, then record: a daemon that dies in between loses the
+		// listener with its process, and no record brings it back.
+		port := l.Addr().(*net.TCPAddr).Port
+		if err := d.store.PutForward(ctx, store.Forward{VMID: v.ID, HostAddr: forwardHost, HostPort: port, GuestPort: req.GuestPort}); err != nil {
+			l.Close()
+			return err
 		}
-		d.fwd.m[f.HostPort] = f
-		d.fwd.mu.Unlock()
-		log := d.logger.With("vm", v.Name, "host_port", f.HostPort, "guest_port", f.GuestPort)
-		f.done.Add(1)
-		go func() {
-			defer f.done.Done()
-			d.serveForward(f, h, log)
-		}()
-		log.Info("port forward added", "op_id", opID(ctx))
+		f := d.serveNewForward(v, h, l, req.GuestPort)
+		d.logger.Info("port forward added", "vm", v.Name, "host_port", f.HostPort, "guest_port", f.GuestPort, "op_id", opID(ctx))
 		out = f.Forward
 		return nil
 	})
 	return out, err
+}
+
+// listenForward listens on forwardHost:port (0 picks a free port).
+func listenForward(ctx context.Context, port int) (net.Listener, error) {
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp4", net.JoinHostPort(forwardHost, strconv.Itoa(port)))
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s:%d: %w", forwardHost, port, err)
+	}
+	return l, nil
+}
+
+// serveNewForward adds the forward of l to the set and starts serving it.
+func (d *Daemon) serveNewForward(v store.VM, h vmm.Handle, l net.Listener, guestPort int) *forward {
+	f := &forward{vmID: v.ID, l: l, conns: map[io.Closer]struct{}{}, mu: lockorder.Mutex{Name: lockForward, Order: d.lockOrder},
+		Forward: api.Forward{VM: v.Name, HostAddr: forwardHost, HostPort: l.Addr().(*net.TCPAddr).Port, GuestPort: guestPort}}
+	d.fwd.mu.Lock()
+	if d.fwd.m == nil {
+		d.fwd.m = map[int]*forward{}
+	}
+	d.fwd.m[f.HostPort] = f
+	d.fwd.mu.Unlock()
+	log := d.logger.With("vm", v.Name, "host_port", f.HostPort, "guest_port", f.GuestPort)
+	f.done.Add(1)
+	go func() {
+		defer f.done.Done()
+		d.serveForward(f, h, log)
+	}()
+	return f
 }
 
 // serveForward accepts until the listener is closed; each connection gets
@@ -216,11 +240,91 @@ func (d *Daemon) RemoveForward(ctx context.Context, ref string, hostPort int) er
 		return api.Hinted(fmt.Errorf("vm %q has no forward of host port %d: %w", v.Name, hostPort, api.ErrNotFound),
 			fmt.Sprintf("see `kiln vm forward --list %s`", v.Name))
 	}
+	// Forget, then close: a daemon that dies in between loses the
+	// listener with its process, and no record brings it back.
+	if err := d.store.DeleteForward(ctx, v.ID, forwardHost, hostPort); err != nil {
+		d.fwd.put(fs...)
+		return err
+	}
 	for _, f := range fs {
 		f.close()
 	}
 	d.log(ctx).Info("port forward removed", "vm", v.Name, "host_port", hostPort)
 	return nil
+}
+
+// put adds forwards taken out of the set back into it.
+func (s *forwardSet) put(fs ...*forward) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[int]*forward{}
+	}
+	for _, f := range fs {
+		s.m[f.HostPort] = f
+	}
+}
+
+// releaseForwards ends every forward of a VM that stopped or is deleted,
+// and forgets their records first (a record left behind by a failure is
+// dropped by restoreForwards, the VM not running).
+func (d *Daemon) releaseForwards(ctx context.Context, vmID string) {
+	if err := d.store.DeleteVMForwards(ctx, vmID); err != nil {
+		d.log(ctx).Warn("forget the port forwards of a vm", "vm_id", vmID, "err", err)
+	}
+	d.fwd.releaseVM(vmID)
+}
+
+// restoreForwards re-opens, at daemon start after reconcile, the recorded
+// forwards of VMs that still run, each on its recorded host port. A record
+// that cannot be restored (the VM no longer runs, or the host port is
+// taken now) is dropped with a warning: it no longer shows in `kiln vm
+// forwards` and the user adds it again. It never fails the start.
+func (d *Daemon) restoreForwards(ctx context.Context) {
+	recs, err := d.store.ListForwards(ctx)
+	if err != nil {
+		d.logger.Warn("restore port forwards: cannot list them; none restored", "err", err)
+		return
+	}
+	for _, r := range recs {
+		log := d.logger.With("vm_id", r.VMID, "host_port", r.HostPort, "guest_port", r.GuestPort)
+		drop := func(msg string, args ...any) {
+			log.Warn("restore port forwards: dropping the forward: "+msg, args...)
+			if err := d.store.DeleteForward(ctx, r.VMID, r.HostAddr, r.HostPort); err != nil {
+				log.Warn("restore port forwards: forget the forward", "err", err)
+			}
+		}
+		if r.HostAddr != forwardHost {
+			drop("it listens on an address kiln no longer uses", "host_addr", r.HostAddr)
+			continue
+		}
+		v, err := d.store.GetVM(ctx, r.VMID)
+		if err != nil {
+			drop("its vm is gone", "err", err)
+			continue
+		}
+		log = log.With("vm", v.Name)
+		if v.State != api.StateRunning {
+			drop("its vm is not running", "state", v.State)
+			continue
+		}
+		h, err := d.readHandle(v.ID)
+		if err != nil {
+			drop("its vm has no live handle", "err", err)
+			continue
+		}
+		l, err := listenForward(ctx, r.HostPort)
+		if err != nil {
+			reason := "the host port cannot be opened"
+			if errors.Is(err, syscall.EADDRINUSE) {
+				reason = "the host port is in use by another program now"
+			}
+			drop(reason+"; add it again with `kiln vm forward` and another host port", "err", err)
+			continue
+		}
+		d.serveNewForward(v, h, l, r.GuestPort)
+		log.Info("port forward restored")
+	}
 }
 
 // Handlers.

@@ -244,6 +244,7 @@ func (d *Daemon) boot(ctx context.Context, op *opstate.Op, rec store.VM, undo *u
 		SerialLog: filepath.Join(dir, paths.VMSerialLog),
 		NICs:      nics,
 	}
+	qemuRunAs(d.cfg, drv.Name(), &spec) // qemu_user.go
 	if err := os.WriteFile(filepath.Join(dir, paths.VMCmdline), []byte(spec.Cmdline+"\n"), 0o644); err != nil {
 		return fmt.Errorf("record kernel command line: %w", err)
 	}
@@ -517,7 +518,7 @@ func (d *Daemon) killLocked(ctx context.Context, v store.VM) error {
 }
 
 func (d *Daemon) markStopped(ctx context.Context, id, lastErr string) error {
-	d.fwd.releaseVM(id) // forwards.go
+	d.releaseForwards(ctx, id) // forwards.go: records, then listeners
 	d.guests.drop(id)
 	if v, err := d.store.GetVM(ctx, id); err == nil {
 		if drv, err := d.driverFor(v); err == nil {
@@ -571,7 +572,7 @@ func (d *Daemon) destroyLocked(ctx context.Context, v store.VM) error {
 		}
 	}
 	d.releaseVMM(drv, v.Name)
-	d.fwd.releaseVM(v.ID) // forwards.go
+	d.releaseForwards(ctx, v.ID) // forwards.go: records, then listeners
 	d.guests.drop(v.ID)
 	if err := d.netForget(ctx, v); err != nil {
 		return fmt.Errorf("detach vm %q from the network: %w", v.Name, err)

@@ -182,17 +182,18 @@ func NewStore(dir string, runner system.Runner, logger *slog.Logger, agentPath s
 func (s *Store) Dir() string { return s.dir }
 
 // ImportTar builds the image name from a root filesystem tarball read from
-// r: plain tar, gzip or xz (sniffed). Bad archive content is
+// r: plain tar, gzip, xz or zstd (sniffed). Bad archive content is
 // api.ErrBadRequest naming the entry.
 func (s *Store) ImportTar(ctx context.Context, name string, r io.Reader, opts BuildOptions) (Image, error) {
 	if opts.Source == "" {
 		opts.Source = "tar"
 	}
 	return s.build(ctx, name, opts, func(ctx context.Context, tree string) error {
-		tr, err := decompress(r)
+		tr, err := decompress(r, s.limits)
 		if err != nil {
 			return err
 		}
+		defer tr.Close()
 		st, err := Extract(ctx, tr, tree, s.limits)
 		if err != nil {
 			return err

@@ -319,7 +319,8 @@ func TestImportFailuresLeaveNothing(t *testing.T) {
 	for i := range big {
 		big[i] = byte(i*7 + 1)
 	}
-	zstd := append([]byte{0x28, 0xb5, 0x2f, 0xfd}, make([]byte, 100)...)
+	badZstd := append([]byte{0x28, 0xb5, 0x2f, 0xfd}, bytes.Repeat([]byte{0xff}, 100)...)
+	zstdGood := zstdOf(t, tarOf(t, map[string]string{"etc/": "", "etc/x": randomHex(64 << 10)}))
 	cases := []struct {
 		name, image string
 		data        []byte
@@ -335,7 +336,8 @@ func TestImportFailuresLeaveNothing(t *testing.T) {
 		{"DotDotEntry", "n", tarOf(t, map[string]string{"../../etc/cron.d/x": "x"}), image.BuildOptions{}, api.ErrBadRequest, `"../../etc/cron.d/x"`},
 		{"Garbage", "n", bytes.Repeat([]byte("junk"), 300), image.BuildOptions{}, api.ErrBadRequest, "read archive"},
 		{"Empty", "n", nil, image.BuildOptions{}, api.ErrBadRequest, "no entries"},
-		{"Zstd", "n", zstd, image.BuildOptions{}, api.ErrBadRequest, "zstd"},
+		{"MalformedZstd", "n", badZstd, image.BuildOptions{}, api.ErrBadRequest, "zstd"},
+		{"TruncatedZstd", "n", zstdGood[:len(zstdGood)/2], image.BuildOptions{}, api.ErrBadRequest, "zstd"},
 		{"BadGzip", "n", []byte{0x1f, 0x8b, 0, 0}, image.BuildOptions{}, api.ErrBadRequest, "gzip"},
 	}
 	for _, c := range cases {

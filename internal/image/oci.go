@@ -136,7 +136,9 @@ func NameFromRef(ref string) (string, error) {
 
 // PullOCI pulls the OCI image ref (platform linux/<host arch>), flattens
 // its layers oldest first and builds the image name from the result, with
-// the image's runtime config recorded. Layers are cached by digest in the
+// the image's runtime config recorded. Layers may be gzip, zstd or plain
+// tar, whatever their media type says (the content is sniffed), within the
+// Store's Limits once decompressed. Layers are cached by digest in the
 // blob cache and verified against their digests both when downloaded and
 // when read back.
 //
@@ -401,17 +403,20 @@ func (c *blobCache) apply(ctx context.Context, x *Extractor, h v1.Hash, size int
 	}
 	defer f.Close()
 	hr := &hashingReader{r: f, h: sha256.New(), limit: size, ctx: ctx}
-	tr, err := decompress(hr)
+	tr, err := decompress(hr, x.lim)
 	if err != nil {
 		return err
 	}
+	defer tr.Close()
 	if err := x.ApplyLayer(ctx, tr); err != nil {
 		return err
 	}
 	// The tar stream may end before its compressed container does: read
-	// the rest so the digest covers every byte.
-	if _, err := io.Copy(io.Discard, tr); err != nil {
-		return fmt.Errorf("read layer to its end: %v: %w", err, api.ErrBadRequest)
+	// the rest so the digest covers every byte. Only maxTrailer of it is
+	// decompressed (tar padding), so a bomb of zeros after the tar's end is
+	// never inflated; the digest check covers the compressed bytes past it.
+	if _, err := io.CopyN(io.Discard, tr, maxTrailer); err != nil && err != io.EOF {
+		return fmt.Errorf("read layer to its end: %w", err)
 	}
 	if _, err := io.Copy(io.Discard, hr); err != nil {
 		return err

@@ -23,6 +23,13 @@ import (
 // layeredImage is a three-layer image exercising whiteouts, opaque
 // directories, hard links, set-id files, owners and symlinks.
 func layeredImage(t *testing.T) v1.Image {
+	cfg, layers := layeredLayers(t)
+	return oc.Image(t, cfg, layers...)
+}
+
+// layeredLayers is layeredImage's config and layers (uncompressed tar
+// streams, oldest first); checkLayeredTree checks their flattened tree.
+func layeredLayers(t *testing.T) (v1.Config, [][]byte) {
 	base := oc.Tar(t,
 		oc.Dir("etc", 0o755),
 		oc.File("etc/shadow", "root:*:19000::::::\n", 0o640).Owned(0, 42),
@@ -56,10 +63,10 @@ func layeredImage(t *testing.T) v1.Image {
 		oc.Dir("usr/lib", 0o755),                         // replaces nothing: a directory stays
 		oc.Symlink("usr/bin/tool", "/usr/bin/passwd"),    // a symlink replaces a lower file
 	)
-	return oc.Image(t, v1.Config{
+	return v1.Config{
 		Env: []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8"}, WorkingDir: "/home/user", User: "1000:1000",
 		Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"echo hi"},
-	}, base, upper, top)
+	}, [][]byte{base, upper, top}
 }
 
 func TestPullOCIFlattensLayers(t *testing.T) {
@@ -96,8 +103,13 @@ func TestPullOCIFlattensLayers(t *testing.T) {
 	if err := json.Unmarshal(data, &onDisk); err != nil || onDisk.Config == nil || onDisk.Config.User != "1000:1000" || onDisk.Digest != img.Digest {
 		t.Fatalf("image.json %s: %v", data, err)
 	}
+	checkLayeredTree(t, img.RootFS)
+	e.assertStoreHolds(t, "layered")
+}
 
-	fs := img.RootFS
+func checkLayeredTree(t *testing.T, fs string) {
+	t.Helper()
+	ctx := context.Background()
 	for _, tc := range []struct {
 		path     string
 		typ      string
@@ -141,7 +153,6 @@ func TestPullOCIFlattensLayers(t *testing.T) {
 			t.Errorf("%s exists in the flattened image", p)
 		}
 	}
-	e.assertStoreHolds(t, "layered")
 }
 
 // TestPullOCICoalesces starts two pulls of one name at once: the layers

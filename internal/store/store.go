@@ -54,6 +54,15 @@ var migrations = []string{
 		branch TEXT NOT NULL DEFAULT '',
 		updated_at INTEGER NOT NULL
 	)`,
+	// 4: port forwards to restore after a daemon restart, see forwards.go.
+	4: `CREATE TABLE forwards (
+		host_addr TEXT NOT NULL,
+		host_port INTEGER NOT NULL,
+		vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+		guest_port INTEGER NOT NULL,
+		created_at INTEGER NOT NULL,
+		PRIMARY KEY (host_addr, host_port)
+	)`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.

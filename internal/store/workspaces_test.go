@@ -16,21 +16,7 @@ import (
 func TestMigration3Workspaces(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "kiln.db")
-	db, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
-		t.Fatal(err)
-	}
-	for v := 1; v <= 2; v++ {
-		if _, err := db.Exec(migrations[v]); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := db.Exec(`INSERT INTO schema_migrations VALUES (?, 0)`, v); err != nil {
-			t.Fatal(err)
-		}
-	}
+	db := dbAtVersion(t, path, 2)
 	if _, err := db.Exec(`INSERT INTO vms(id, name, state, image, kernel, vcpus, memory_mib, driver, created_at, updated_at)
 		VALUES ('id1', 'box', 'running', 'i', 'k', 1, 256, 'qemu', 0, 0)`); err != nil {
 		t.Fatal(err)
@@ -69,4 +55,26 @@ func TestMigration3Workspaces(t *testing.T) {
 	if _, err := s.GetWorkspace(ctx, "id1"); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("workspace outlived its vm: %v", err)
 	}
+}
+
+// dbAtVersion writes a database at path migrated only up to version, as
+// an older kiln left it, and returns it open for the test to fill.
+func dbAtVersion(t *testing.T, path string, version int) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	for v := 1; v <= version; v++ {
+		if _, err := db.Exec(migrations[v]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(`INSERT INTO schema_migrations VALUES (?, 0)`, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return db
 }

@@ -130,18 +130,7 @@ func TestFirecrackerLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.killDaemon(t, syscall.SIGKILL)
-	if err := h.startDaemon(env); err != nil {
-		t.Fatal(err)
-	}
-	after, err := h.client().GetVM(context.Background(), "fc")
-	if err != nil || after.State != api.StateRunning || after.PID != before.PID {
-		t.Fatalf("after daemon restart: %+v %v (before pid %d)", after, err, before.PID)
-	}
-	r = h.mustKiln(t, "vm", "exec", "fc", "--", "echo", "still here")
-	if strings.TrimSpace(r.stdout) != "still here" {
-		t.Fatalf("exec after restart: %s", r)
-	}
+	after := h.survivesDaemonKill(t, env, "fc", before.PID)
 
 	// Delete leaves no process or directory behind.
 	h.mustKiln(t, "vm", "delete", "fc")

@@ -320,6 +320,28 @@ func (h *harness) createVM(t *testing.T, name string, extra ...string) api.VM {
 	return vm
 }
 
+// survivesDaemonKill SIGKILLs the daemon, starts it again with env, and
+// checks that VM name still runs on the same VMM pid and answers exec. It
+// returns the VM as the new daemon sees it.
+func (h *harness) survivesDaemonKill(t *testing.T, env []string, name string, pid int) api.VM {
+	t.Helper()
+	h.killDaemon(t, syscall.SIGKILL)
+	if syscall.Kill(pid, 0) != nil {
+		t.Fatalf("VMM pid %d died with the daemon", pid)
+	}
+	if err := h.startDaemon(env); err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.client().GetVM(context.Background(), name)
+	if err != nil || got.State != api.StateRunning || got.PID != pid {
+		t.Fatalf("after daemon restart: %+v %v (before pid %d)", got, err, pid)
+	}
+	if r := h.mustKiln(t, "vm", "exec", name, "--", "echo", "still here"); strings.TrimSpace(r.stdout) != "still here" {
+		t.Fatalf("exec after restart: %s", r)
+	}
+	return got
+}
+
 // vmDirs are a VM's durable and runtime directories.
 func (h *harness) vmDirs(id string) []string {
 	return []string{filepath.Join(h.root, "state", "vms", id), filepath.Join(h.root, "run", "vm", id)}

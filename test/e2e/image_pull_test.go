@@ -12,11 +12,11 @@ import (
 	"github.com/kilnvm/kiln/internal/testutil"
 )
 
-// TestImagePullBootsAndKeepsOwnership pushes a two-layer image (busybox,
-// then a layer of whiteouts, an opaque directory, set-id files, owners, a
-// hard link and symlinks) to an in-process registry on loopback, pulls it
-// through `kiln image pull`, boots it and checks inside the guest that
-// files, owners and modes are what the layers say.
+// TestImagePullBootsAndKeepsOwnership pushes an OCI image (busybox gzipped,
+// then two zstd layers: files, then whiteouts, an opaque directory, set-id
+// files, owners, a hard link and symlinks) to an in-process registry on
+// loopback, pulls it through `kiln image pull`, boots it and checks inside
+// the guest that files, owners and modes are what the layers say.
 func TestImagePullBootsAndKeepsOwnership(t *testing.T) {
 	h := setup(t)
 	base, err := os.ReadFile(testutil.BusyboxRootfsTar(t))
@@ -41,7 +41,8 @@ func TestImagePullBootsAndKeepsOwnership(t *testing.T) {
 		oc.Symlink("srv/link", "tool"),
 	)
 	reg := oc.Serve(t)
-	ref := reg.Push(t, "kiln/e2e:1", oc.Image(t, v1.Config{Env: []string{"FOO=bar"}, WorkingDir: "/srv", Cmd: []string{"sh"}}, base, lower, upper))
+	ref := reg.Push(t, "kiln/e2e:1", oc.ImageOf(t, v1.Config{Env: []string{"FOO=bar"}, WorkingDir: "/srv", Cmd: []string{"sh"}},
+		oc.Gzip(base), oc.Zstd(lower), oc.Zstd(upper)))
 
 	r := h.mustKiln(t, "image", "pull", ref, "--name", "ocibb", "--kernel", "test")
 	t.Cleanup(func() { _ = h.client().DeleteImage(context.Background(), "ocibb") })

@@ -157,17 +157,7 @@ func TestFirecrackerJailer(t *testing.T) {
 	}
 
 	// A SIGKILLed daemon finds the jailed VMM again.
-	h.killDaemon(t, syscall.SIGKILL)
-	if err := h.startDaemon(env); err != nil {
-		t.Fatal(err)
-	}
-	after, err := h.client().GetVM(context.Background(), "jl")
-	if err != nil || after.State != api.StateRunning || after.PID != started.PID {
-		t.Fatalf("after daemon restart: %+v %v (before pid %d)", after, err, started.PID)
-	}
-	if r := h.mustKiln(t, "vm", "exec", "jl", "--", "echo", "still jailed"); strings.TrimSpace(r.stdout) != "still jailed" {
-		t.Fatalf("exec after restart: %s", r)
-	}
+	after := h.survivesDaemonKill(t, env, "jl", started.PID)
 
 	h.mustKiln(t, "vm", "delete", "jl")
 	checkReleased(after.PID, "delete")

@@ -89,21 +89,7 @@ func TestStopStartKeepsDiskData(t *testing.T) {
 func TestVMSurvivesDaemonSIGKILL(t *testing.T) {
 	h := setup(t)
 	vm := h.createVM(t, "survivor")
-	h.killDaemon(t, syscall.SIGKILL)
-	if syscall.Kill(vm.PID, 0) != nil {
-		t.Fatalf("VMM pid %d died with the daemon", vm.PID)
-	}
-	if err := h.startDaemon(nil); err != nil {
-		t.Fatal(err)
-	}
-	got, err := h.client().GetVM(context.Background(), "survivor")
-	if err != nil || got.State != api.StateRunning || got.PID != vm.PID {
-		t.Fatalf("after restart: %+v %v", got, err)
-	}
-	r := h.mustKiln(t, "vm", "exec", "survivor", "--", "echo", "still here")
-	if strings.TrimSpace(r.stdout) != "still here" {
-		t.Fatalf("exec after daemon restart: %s", r)
-	}
+	h.survivesDaemonKill(t, nil, "survivor", vm.PID)
 }
 
 func TestDeleteLeavesNothingBehind(t *testing.T) {

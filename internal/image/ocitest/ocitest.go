@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/compression"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -22,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Registry is a running in-process registry.
@@ -104,10 +106,50 @@ func Tar(t testing.TB, ents ...Entry) []byte {
 // gzipped on push), oldest first, with cfg as its runtime config.
 func Image(t testing.TB, cfg v1.Config, layers ...[]byte) v1.Image {
 	t.Helper()
+	ls := make([]Layer, len(layers))
+	for i, l := range layers {
+		ls[i] = Gzip(l)
+	}
+	return build(t, cfg, false, ls)
+}
+
+// Layer is one layer of ImageOf: a tar stream and how it is compressed on
+// push. A Tar that is already gzip or zstd is pushed as it is.
+type Layer struct {
+	Tar  []byte
+	Zstd bool
+}
+
+// Gzip and Zstd make a layer of ImageOf from a tar stream, compressed
+// with gzip (media type application/vnd.oci.image.layer.v1.tar+gzip) or
+// zstd (application/vnd.oci.image.layer.v1.tar+zstd).
+func Gzip(tar []byte) Layer { return Layer{Tar: tar} }
+func Zstd(tar []byte) Layer { return Layer{Tar: tar, Zstd: true} }
+
+// ImageOf makes an OCI image (OCI manifest and media types) of the given
+// layers, oldest first, with cfg as its runtime config.
+func ImageOf(t testing.TB, cfg v1.Config, layers ...Layer) v1.Image {
+	t.Helper()
+	return build(t, cfg, true, layers)
+}
+
+func build(t testing.TB, cfg v1.Config, oci bool, layers []Layer) v1.Image {
+	t.Helper()
 	img := empty.Image
+	if oci {
+		img = mutate.MediaType(img, types.OCIManifestSchema1)
+		img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	}
 	for _, l := range layers {
-		data := l
-		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+		data := l.Tar
+		var opts []tarball.LayerOption
+		switch {
+		case l.Zstd:
+			opts = append(opts, tarball.WithCompression(compression.ZStd), tarball.WithMediaType(types.OCILayerZStd))
+		case oci:
+			opts = append(opts, tarball.WithMediaType(types.OCILayer))
+		}
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
