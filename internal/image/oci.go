@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -139,8 +140,10 @@ func NameFromRef(ref string) (string, error) {
 // the image's runtime config recorded. Layers may be gzip, zstd or plain
 // tar, whatever their media type says (the content is sniffed), within the
 // Store's Limits once decompressed. Layers are cached by digest in the
-// blob cache and verified against their digests both when downloaded and
-// when read back.
+// blob cache, downloaded a few at a time and verified against their
+// digests as they are written; each is applied, in order, once its
+// verified blob is in place, while later ones still download. A layer
+// found already in the cache is verified again as it is read back.
 //
 // Concurrent pulls of one name coalesce: the work is done once and every
 // caller gets its result (shared reports that this caller joined another's
@@ -196,11 +199,6 @@ func (s *Store) pull(ctx context.Context, imgName string, ref name.Reference, op
 	if len(layers) > MaxLayers {
 		return Image{}, fmt.Errorf("image %s has %d layers, more than the limit of %d: %w", ref, len(layers), MaxLayers, api.ErrBadRequest)
 	}
-	type layerInfo struct {
-		layer  v1.Layer
-		digest v1.Hash
-		size   int64
-	}
 	infos := make([]layerInfo, len(layers))
 	p.Layers = len(layers)
 	for i, l := range layers {
@@ -224,25 +222,27 @@ func (s *Store) pull(ctx context.Context, imgName string, ref name.Reference, op
 	p.ManifestDigest = digest.String()
 	s.log.Info("image: pulling", "image", imgName, "ref", ref.String(), "digest", digest.String(), "layers", len(layers), "bytes", p.Bytes)
 
-	// Download every layer into the cache first: a registry failure then
-	// costs no extraction work.
+	// Layers download in the background, a few at a time, while the
+	// extraction applies each one, in order, as soon as it is in the cache
+	// with its digest checked. A failed download fails the pull and the
+	// staging tree is discarded: nothing is committed.
 	p.Stage = "download"
 	report(p)
-	for i, li := range infos {
-		if have, _ := cache.blobSize(li.digest); have == li.size {
-			p.CachedLayers++
-			p.BytesDone += li.size
-		} else {
-			err := cache.fetch(ctx, li.digest, li.size, li.layer.Compressed, func(n int64) {
-				p.BytesDone += n
-				report(p)
-			})
-			if err != nil {
-				return Image{}, fmt.Errorf("download layer %d/%d (%s) of %s: %w", i+1, len(infos), li.digest, ref, err)
-			}
-		}
-		p.LayersDone = i + 1
+	var pmu sync.Mutex // p and report are shared with the downloads
+	update := func(f func(*PullProgress)) {
+		pmu.Lock()
+		defer pmu.Unlock()
+		f(&p)
 		report(p)
+	}
+	dl := startDownloads(ctx, cache, infos, ref.String(), &p, &pmu, update)
+	defer dl.stop()
+	// Wait for the first layer before making a staging tree: a registry
+	// that fails at once costs no extraction work.
+	if len(infos) > 0 {
+		if err := dl.wait(0); err != nil {
+			return Image{}, err
+		}
 	}
 
 	if opts.Source == "" {
@@ -258,23 +258,27 @@ func (s *Store) pull(ctx context.Context, imgName string, ref name.Reference, op
 		if err != nil {
 			return err
 		}
-		p.Stage, p.LayersDone = "extract", 0
-		report(p)
+		update(func(p *PullProgress) { p.Stage, p.LayersDone = "extract", 0 })
 		for i, li := range infos {
-			if err := cache.apply(ctx, x, li.digest, li.size); err != nil {
+			if err := dl.wait(i); err != nil {
+				x.Close()
+				return err
+			}
+			// A blob this pull just downloaded had its digest checked as
+			// it was written; one found in the cache is checked again
+			// while it is applied.
+			if err := cache.apply(ctx, x, li.digest, li.size, !dl.fetched(i)); err != nil {
 				x.Close()
 				return fmt.Errorf("layer %d/%d (%s): %w", i+1, len(infos), li.digest, err)
 			}
-			p.LayersDone = i + 1
-			report(p)
+			update(func(p *PullProgress) { p.LayersDone = i + 1 })
 		}
 		st := x.Stats()
 		if err := x.Close(); err != nil {
 			return err
 		}
 		s.log.Debug("image: layers flattened", "image", imgName, "entries", st.Entries, "bytes", st.Bytes, "whiteouts", st.Whiteouts, "xattrs_skipped", st.XattrsSkipped)
-		p.Stage = "build ext4"
-		report(p)
+		update(func(p *PullProgress) { p.Stage = "build ext4" })
 		return nil
 	})
 }
@@ -394,15 +398,19 @@ func (c *blobCache) fetch(ctx context.Context, h v1.Hash, size int64, open func(
 	return nil
 }
 
-// apply reads a cached layer, checks it against its digest once more, and
-// applies it to x.
-func (c *blobCache) apply(ctx context.Context, x *Extractor, h v1.Hash, size int64) error {
+// apply reads a cached layer and applies it to x. With verify, the blob is
+// checked against its digest as it is read (a blob found in the cache);
+// without, only its size is (a blob fetch has just written and checked).
+func (c *blobCache) apply(ctx context.Context, x *Extractor, h v1.Hash, size int64, verify bool) error {
 	f, err := os.Open(c.blobPath(h))
 	if err != nil {
 		return fmt.Errorf("open cached layer: %w", err)
 	}
 	defer f.Close()
-	hr := &hashingReader{r: f, h: sha256.New(), limit: size, ctx: ctx}
+	hr := &hashingReader{r: f, limit: size, ctx: ctx}
+	if verify {
+		hr.h = sha256.New()
+	}
 	tr, err := decompress(hr, x.lim)
 	if err != nil {
 		return err
@@ -441,7 +449,9 @@ func (r *hashingReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := r.r.Read(p)
-	r.h.Write(p[:n])
+	if r.h != nil {
+		r.h.Write(p[:n])
+	}
 	r.n += int64(n)
 	if r.n > r.limit {
 		return n, fmt.Errorf("blob is larger than the %d bytes its descriptor names: %w", r.limit, api.ErrBadRequest)
@@ -463,6 +473,9 @@ func (r *hashingReader) check(want v1.Hash) error {
 	}
 	if r.n != r.limit {
 		return fmt.Errorf("blob %s: got %d bytes, its descriptor names %d: %w", want, r.n, r.limit, api.ErrBadRequest)
+	}
+	if r.h == nil {
+		return nil // the size alone: the content was checked when written
 	}
 	if got := hex.EncodeToString(r.h.Sum(nil)); got != want.Hex {
 		return fmt.Errorf("blob %s: content has digest sha256:%s: %w", want, got, api.ErrBadRequest)

@@ -32,7 +32,15 @@ type Registry struct {
 	Host      string
 	blobGets  atomic.Int64
 	blobBytes atomic.Int64
+	// corrupt is the digest ("sha256:...") of a blob served with its
+	// last byte flipped, or "".
+	corrupt atomic.Value
 }
+
+// Corrupt makes r serve the blob digest ("sha256:...") with its last byte
+// flipped (same size, other content) until Corrupt(""), as a tampering
+// registry or a broken proxy would.
+func (r *Registry) Corrupt(digest string) { r.corrupt.Store(digest) }
 
 // BlobGets is how many blob downloads (GET .../blobs/...) were served.
 func (r *Registry) BlobGets() int64 { return r.blobGets.Load() }
@@ -45,6 +53,20 @@ func Serve(t testing.TB) *Registry {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
 			r.blobGets.Add(1)
+			if d, _ := r.corrupt.Load().(string); d != "" && strings.HasSuffix(req.URL.Path, "/blobs/"+d) {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				body := rec.Body.Bytes()
+				if len(body) > 0 {
+					body[len(body)-1] ^= 0xff
+				}
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(rec.Code)
+				_, _ = w.Write(body)
+				return
+			}
 		}
 		h.ServeHTTP(w, req)
 	}))
