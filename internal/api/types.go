@@ -203,6 +203,7 @@ type Operation struct {
 	Result    any        `json:"result,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 	EndedAt   *time.Time `json:"ended_at,omitempty"`
+	Version   uint64     `json:"version"` // grows on each change; see QueryOpAfter
 }
 
 // Stage is one named step of an operation.

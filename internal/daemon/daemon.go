@@ -97,9 +97,10 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 	if err != nil {
 		return nil, err
 	}
+	order := daemonLockOrder(cfg.LockCheck) // lockorder.go
 	d := &Daemon{cfg: cfg, layout: l, logger: opts.Logger, runner: opts.Runner, agentPath: agentPath,
-		ops: opstate.New(time.Now, 15*time.Minute)}
-	d.initLocks(daemonLockOrder(cfg.LockCheck)) // lockorder.go
+		ops: opstate.NewChecked(time.Now, 15*time.Minute, order)}
+	d.initLocks(order)
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -109,7 +110,8 @@ func Open(ctx context.Context, cfg config.Config, opts Options) (_ *Daemon, err 
 		return nil, err
 	}
 	d.kernels = kernel.NewStore(l.KernelsDir(), d.runner, d.logger)
-	if d.images, err = image.NewStore(l.ImagesDir(), d.runner, d.logger, agentPath, image.WithCacheDir(filepath.Join(l.CacheDir, "oci"))); err != nil {
+	d.kernels.SetLockOrder(order)
+	if d.images, err = image.NewStore(l.ImagesDir(), d.runner, d.logger, agentPath, image.WithCacheDir(filepath.Join(l.CacheDir, "oci")), image.WithLockOrder(order)); err != nil {
 		return nil, err
 	}
 	var probes []disk.ProbeResult

@@ -240,10 +240,15 @@ func (d *Daemon) handleListOps(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) handleGetOp(w http.ResponseWriter, r *http.Request) error {
+	wait, err := parseOpWait(r.URL.Query()) // opwait.go: long-poll
+	if err != nil {
+		return err
+	}
 	op, err := d.ops.Get(r.PathValue("id"))
 	if err != nil {
 		return err
 	}
+	d.waitOp(r, op, wait)
 	return writeJSON(w, http.StatusOK, op.Snapshot())
 }
 

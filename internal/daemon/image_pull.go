@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/daemon/opstate"
 	"github.com/kilnvm/kiln/internal/image"
+	"github.com/kilnvm/kiln/internal/lockorder"
 )
 
 // handlePullImage pulls an OCI image, or makes a catalog image by name.
@@ -97,7 +97,9 @@ func (d *Daemon) makeCatalogImage(ctx context.Context, op *opstate.Op, e image.C
 		defer d.imageOpsMu.Unlock()
 		return d.images.BuildDebootstrap(ctx, name, *src.Debootstrap, opts)
 	}
-	var mu sync.Mutex // progress may come from two goroutines when a pull is joined
+	// progress may come from two goroutines when a pull is joined; mu is
+	// held across op.Stage and op.Detail, so it is ordered before Op.mu.
+	mu := lockorder.Mutex{Name: lockPullProgress, Order: d.lockOrder}
 	stage := ""
 	img, shared, err := d.images.PullOCI(ctx, name, src.OCI, opts, func(p image.PullProgress) {
 		mu.Lock()

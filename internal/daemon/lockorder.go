@@ -1,6 +1,12 @@
 package daemon
 
-import "github.com/kilnvm/kiln/internal/lockorder"
+import (
+	"github.com/kilnvm/kiln/internal/daemon/opstate"
+	"github.com/kilnvm/kiln/internal/image"
+	"github.com/kilnvm/kiln/internal/kernel"
+	"github.com/kilnvm/kiln/internal/lockorder"
+	"github.com/kilnvm/kiln/internal/network"
+)
 
 // Names of the daemon's ordered locks, as ARCHITECTURE.md "Lock ordering"
 // writes them (lockorder_test.go compares the two).
@@ -12,17 +18,29 @@ const (
 	lockGuestPool  = "guestPool.mu"  // a leaf
 	lockForwardSet = "forwardSet.mu" // a leaf
 	lockForward    = "forward.mu"    // a leaf, one per forward
+
+	// lockPullProgress is image_pull.go's progress lock, held across
+	// op.Stage/op.Detail (opstate.LockOp) while the image store holds
+	// image.LockCache shared.
+	lockPullProgress = "imagePull.progress"
 )
 
 // daemonLockOrder is ARCHITECTURE.md's order, outermost first:
-// vmLocks[id] → {createVMMu, imageOpsMu} → leaves. With check (tests, the
+// vmLocks[id] → {createVMMu, imageOpsMu} → image.Store.cacheMu →
+// {imagePull.progress, opstate.Registry.mu} → leaves. With check (tests, the
 // e2e daemon: KILN_LOCKCHECK=1) each acquisition is checked against the
 // locks its goroutine holds, and an inversion panics.
 func daemonLockOrder(check bool) *lockorder.Order {
 	return lockorder.New(check,
 		lockorder.Level{lockVM},
 		lockorder.Level{lockCreateVM, lockImageOps},
-		lockorder.Level{lockVMLockSet, lockGuestPool, lockForwardSet, lockForward},
+		lockorder.Level{image.LockCache},
+		lockorder.Level{lockPullProgress, opstate.LockRegistry},
+		lockorder.Level{lockVMLockSet, lockGuestPool, lockForwardSet, lockForward,
+			// Leaves of the packages the daemon uses, named there and
+			// checked when Open gives them this order.
+			opstate.LockOp, image.LockStore, image.LockFlights,
+			network.LockTapPool, network.LockNAT, network.LockDNSServer, kernel.LockELF},
 	)
 }
 

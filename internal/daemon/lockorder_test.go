@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -10,7 +11,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/kilnvm/kiln/internal/daemon/opstate"
+	"github.com/kilnvm/kiln/internal/image"
 	"github.com/kilnvm/kiln/internal/lockorder"
 )
 
@@ -31,7 +35,8 @@ func lockSection(t *testing.T) string {
 
 // TestLockOrderMatchesArchitectureDoc keeps the documented order and the
 // checked one identical: the arrow line lists the non-leaf levels, and
-// "Leaves of this package:" lists exactly the code's last level.
+// "Leaves of this package:" with "Leaves of other packages:" list exactly
+// the code's last level.
 func TestLockOrderMatchesArchitectureDoc(t *testing.T) {
 	sec := lockSection(t)
 	levels := daemonLockOrder(false).Levels()
@@ -47,23 +52,25 @@ func TestLockOrderMatchesArchitectureDoc(t *testing.T) {
 		t.Errorf("ARCHITECTURE.md order line is %q; the code (daemonLockOrder) says %q", got, want)
 	}
 
-	// The leaves of this package, as a sentence of `names`.
-	m = regexp.MustCompile(`(?s)Leaves of this package:(.*?)\.\s`).FindStringSubmatch(sec)
-	if m == nil {
-		t.Fatal(`lock section lacks "Leaves of this package: ...".`)
-	}
+	// The leaves of this package and of others, each a sentence of `names`.
 	var docLeaves []string
-	for _, n := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(m[1], -1) {
-		docLeaves = append(docLeaves, n[1])
+	for _, which := range []string{"this package", "other packages"} {
+		m = regexp.MustCompile(`(?s)Leaves of ` + which + `:(.*?)\.\s`).FindStringSubmatch(sec)
+		if m == nil {
+			t.Fatalf(`lock section lacks "Leaves of %s: ...".`, which)
+		}
+		for _, n := range regexp.MustCompile("`([^`]+)`").FindAllStringSubmatch(m[1], -1) {
+			docLeaves = append(docLeaves, n[1])
+		}
 	}
 	for _, n := range leaves {
 		if !slices.Contains(docLeaves, n) {
-			t.Errorf("leaf %s is in daemonLockOrder but not in ARCHITECTURE.md's leaves of this package %v", n, docLeaves)
+			t.Errorf("leaf %s is in daemonLockOrder but not in ARCHITECTURE.md's leaves %v", n, docLeaves)
 		}
 	}
 	for _, n := range docLeaves {
 		if !slices.Contains(leaves, n) {
-			t.Errorf("ARCHITECTURE.md lists %s as a leaf of this package; daemonLockOrder does not (%v)", n, leaves)
+			t.Errorf("ARCHITECTURE.md lists %s as a leaf; daemonLockOrder does not (%v)", n, leaves)
 		}
 	}
 }
@@ -152,6 +159,73 @@ func TestDaemonLocksAreNamedAndChecked(t *testing.T) {
 			}()
 			tc.then.Lock()
 			tc.then.Unlock()
+		})
+	}
+}
+
+// TestOtherPackagesLocksInDaemonOrder checks the nestings documented for
+// other packages' locks against the daemon's order: a pull's shared
+// cacheMu, then the pull progress lock, then Op.mu; Registry.mu before
+// Op.mu (a real, checked registry's Prune); and their inversions.
+func TestOtherPackagesLocksInDaemonOrder(t *testing.T) {
+	o := daemonLockOrder(true)
+	named := func(n string) *lockorder.Mutex { return &lockorder.Mutex{Name: n, Order: o} }
+	cache := &lockorder.RWMutex{Name: image.LockCache, Order: o}
+	progress, op, store, reg := named(lockPullProgress), named(opstate.LockOp), named(image.LockStore), named(opstate.LockRegistry)
+
+	// A pull: imageOpsMu is not taken, but a prune under it may take cacheMu.
+	cache.RLock()
+	progress.Lock()
+	op.Lock()
+	op.Unlock()
+	progress.Unlock()
+	store.Lock() // the commit
+	store.Unlock()
+	cache.RUnlock()
+	imageOps := named(lockImageOps)
+	imageOps.Lock()
+	cache.Lock()
+	cache.Unlock()
+	imageOps.Unlock()
+
+	// A real registry with the daemon's order: Prune nests Op.mu under Registry.mu.
+	r := opstate.NewChecked(time.Now, -time.Second, o)
+	done := r.Begin(context.Background(), "test", "x", func(ctx context.Context, op *opstate.Op) (any, error) {
+		op.Stage("s", "")
+		return nil, nil
+	})
+	select {
+	case <-done.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("operation did not end")
+	}
+	if n := r.Prune(); n != 1 {
+		t.Fatalf("Prune removed %d, want 1", n)
+	}
+
+	for name, tc := range map[string]struct {
+		first func()
+		then  func()
+		undo  func()
+		want  string
+	}{
+		"Registry.mu under Op.mu":   {op.Lock, reg.Lock, op.Unlock, "acquiring " + opstate.LockRegistry},
+		"progress under Op.mu":      {op.Lock, progress.Lock, op.Unlock, "acquiring " + lockPullProgress},
+		"cacheMu under progress":    {progress.Lock, cache.RLock, progress.Unlock, "acquiring " + image.LockCache},
+		"two leaves of packages":    {store.Lock, op.Lock, store.Unlock, "both are leaves"},
+		"imageOpsMu under cacheMu":  {cache.RLock, imageOps.Lock, cache.RUnlock, "acquiring " + lockImageOps},
+		"progress with Registry.mu": {reg.Lock, progress.Lock, reg.Unlock, "peers of one level"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tc.first()
+			defer tc.undo()
+			defer func() {
+				r, _ := recover().(string)
+				if !strings.Contains(r, tc.want) || !strings.Contains(r, o.String()) {
+					t.Fatalf("panic %q: want %q and the order", r, tc.want)
+				}
+			}()
+			tc.then()
 		})
 	}
 }

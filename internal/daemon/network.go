@@ -69,6 +69,8 @@ func (d *Daemon) openNetwork(ctx context.Context) error {
 	}
 	nc.Logger = d.logger
 	nc.Resolver, nc.Runner = network.ProbeResolverHost(), d.runner // systemd-resolved routing for the zone
+	// The network's locks are leaves of daemonLockOrder.
+	nc.LockOrder = d.lockOrder
 	m, err := network.Open(ctx, nc, d.store)
 	if err != nil {
 		return api.Hinted(fmt.Errorf("network: %w", err), "set `network = false` in the configuration to run without VM networking")

@@ -125,6 +125,12 @@ func API(routes []Route) []byte {
 	for _, r := range routes {
 		fmt.Fprintf(&b, "| %s | `%s` | %s |\n", r.Method, r.Path, r.Access)
 	}
+	fmt.Fprintf(&b, "\n## Waiting for operations\n\n"+
+		"Routes that start work answer 202 with an operation; every operation has a `version`\n"+
+		"that grows on each change (stage, progress, end). `GET /v1/operations/{id}?%s=D&%s=V`\n"+
+		"is a long-poll: it answers as soon as the version differs from V or the operation has\n"+
+		"ended, else after D (a Go duration, at most %s) with the unchanged operation.\n",
+		api.QueryOpWait, api.QueryOpAfter, api.MaxOpWait)
 	b.WriteString("\n## Error classes\n\n")
 	b.WriteString("A class is mapped once at each edge: the daemon answers with its HTTP status, the\n" +
 		"client maps the status body back to the class, and the CLI exits with its code\n" +

@@ -3,9 +3,9 @@ package image
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/kilnvm/kiln/internal/api"
+	"github.com/kilnvm/kiln/internal/lockorder"
 )
 
 // flights coalesces concurrent builds of one image name: the first caller
@@ -14,7 +14,7 @@ import (
 // work's context is cancelled only once no caller is waiting any more.
 // The zero value is ready to use.
 type flights struct {
-	mu sync.Mutex // guards m and every flight's waiters and subs; a leaf lock
+	mu lockorder.Mutex // guards m and every flight's waiters and subs; a leaf lock
 	m  map[string]*flight
 }
 

@@ -28,7 +28,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -37,6 +36,7 @@ import (
 
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/disk"
+	"github.com/kilnvm/kiln/internal/lockorder"
 	"github.com/kilnvm/kiln/internal/system"
 )
 
@@ -118,12 +118,12 @@ type Store struct {
 	pulls flights
 	// cacheMu is held shared by every pull and exclusively by PruneCache,
 	// so a prune never deletes a blob a pull is about to use.
-	cacheMu sync.RWMutex
+	cacheMu lockorder.RWMutex
 
 	// mu serialises the instants when an image name appears or disappears
 	// (the check-and-rename of a commit, the rename of a remove). It is a
 	// leaf lock and never held across a build.
-	mu sync.Mutex
+	mu lockorder.Mutex
 }
 
 // Option configures a Store.

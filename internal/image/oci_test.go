@@ -18,6 +18,7 @@ import (
 	"github.com/kilnvm/kiln/internal/disk"
 	"github.com/kilnvm/kiln/internal/image"
 	oc "github.com/kilnvm/kiln/internal/image/ocitest"
+	"github.com/kilnvm/kiln/internal/lockorder"
 )
 
 // layeredImage is a three-layer image exercising whiteouts, opaque
@@ -158,7 +159,10 @@ func checkLayeredTree(t *testing.T, fs string) {
 // TestPullOCICoalesces starts two pulls of one name at once: the layers
 // are downloaded once and both callers get the same image.
 func TestPullOCICoalesces(t *testing.T) {
-	e := newEnv(t, image.WithCacheDir(filepath.Join(t.TempDir(), "oci")))
+	// Checked: a pull nests the store's commit and flight locks under a
+	// shared cacheMu, and a prune takes it exclusively.
+	order := lockorder.New(true, lockorder.Level{image.LockCache}, lockorder.Level{image.LockStore, image.LockFlights})
+	e := newEnv(t, image.WithCacheDir(filepath.Join(t.TempDir(), "oci")), image.WithLockOrder(order))
 	reg := oc.Serve(t)
 	ref := reg.Push(t, "kiln/layered:1", layeredImage(t))
 	before := reg.BlobGets()

@@ -30,11 +30,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kilnvm/kiln/internal/lockorder"
 	"github.com/kilnvm/kiln/internal/system"
 )
 
@@ -116,7 +116,7 @@ type Store struct {
 	logger *slog.Logger
 
 	// elfMu serialises ELF vmlinux extractions (ELFImage); a leaf lock.
-	elfMu sync.Mutex
+	elfMu lockorder.Mutex
 
 	// Seams, set before first use. Zero values mean the real host.
 

@@ -7,7 +7,8 @@
 // already holds: locks of one level are peers that are never held together
 // (two VM locks, createVMMu and imageOpsMu, any two leaves), and a lock of
 // the last level (a leaf) is never held while acquiring anything named in
-// the order. Locks of other packages are not seen.
+// the order. An RWMutex's shared holds are checked like exclusive ones.
+// Locks not made from this package are not seen.
 //
 // With checking off a Mutex is a sync.Mutex plus one branch per call. With
 // checking on, the Order records per goroutine (its id parsed from
@@ -42,9 +43,10 @@ type Order struct {
 	held map[uint64][]holder // goroutine id → ordered locks it holds, in acquisition order
 }
 
-// holder is one held ordered lock.
+// holder is one held ordered lock, exclusively or shared.
 type holder struct {
-	m    *Mutex
+	lock any    // the *Mutex or *RWMutex, compared by identity
+	name string // its Name
 	rank int
 	at   string // file:line of the Lock call
 	g    uint64 // goroutine that locked it
@@ -116,7 +118,7 @@ func (o *Order) Held() []string {
 	defer o.mu.Unlock()
 	var out []string
 	for _, h := range o.held[goid()] {
-		out = append(out, h.m.Name)
+		out = append(out, h.name)
 	}
 	return out
 }
@@ -134,33 +136,89 @@ type Mutex struct {
 // Lock acquires m; in check mode it first panics if that would invert the
 // order.
 func (m *Mutex) Lock() {
-	if !m.Order.Checking() {
-		m.mu.Lock()
+	if m.Order.Checking() {
+		m.Order.acquire(m.Name, m, m.mu.Lock)
 		return
 	}
-	h := m.Order.admit(m)
 	m.mu.Lock()
-	m.Order.record(h)
 }
 
 // Unlock releases m. As with sync.Mutex, another goroutine than the one
 // that locked m may unlock it; the record follows.
 func (m *Mutex) Unlock() {
 	if m.Order.Checking() {
-		m.Order.release(m)
+		m.Order.release(m.Name, m)
 	}
 	m.mu.Unlock()
+}
+
+// RWMutex is a sync.RWMutex with a name from an Order, like Mutex. A shared
+// hold (RLock) is checked and recorded exactly as an exclusive one: it
+// must come after every lock its goroutine holds, and while it is held
+// nothing of its level or before may be taken — not even another RLock of
+// the same RWMutex, which deadlocks once a writer waits between the two.
+// The zero RWMutex (no Order) is a plain, unchecked one.
+type RWMutex struct {
+	Name  string
+	Order *Order
+
+	mu sync.RWMutex
+}
+
+// Lock acquires m exclusively; in check mode it first panics if that
+// would invert the order.
+func (m *RWMutex) Lock() {
+	if m.Order.Checking() {
+		m.Order.acquire(m.Name, m, m.mu.Lock)
+		return
+	}
+	m.mu.Lock()
+}
+
+// Unlock releases an exclusive hold of m.
+func (m *RWMutex) Unlock() {
+	if m.Order.Checking() {
+		m.Order.release(m.Name, m)
+	}
+	m.mu.Unlock()
+}
+
+// RLock acquires m shared; in check mode it first panics if that would
+// invert the order.
+func (m *RWMutex) RLock() {
+	if m.Order.Checking() {
+		m.Order.acquire(m.Name, m, m.mu.RLock)
+		return
+	}
+	m.mu.RLock()
+}
+
+// RUnlock releases a shared hold of m.
+func (m *RWMutex) RUnlock() {
+	if m.Order.Checking() {
+		m.Order.release(m.Name, m)
+	}
+	m.mu.RUnlock()
+}
+
+// acquire takes a checked lock: admit, then lock (the mutex's own Lock or
+// RLock), then record. Called only from the Lock methods, so the caller
+// admit names is three frames up.
+func (o *Order) acquire(name string, lock any, take func()) {
+	h := o.admit(name, lock)
+	take()
+	o.record(h)
 }
 
 // admit panics if the calling goroutine holds a lock whose level is not
 // before m's. It runs before blocking on m, so an inversion that would
 // deadlock is reported instead.
-func (o *Order) admit(m *Mutex) holder {
-	r, ok := o.rank[m.Name]
+func (o *Order) admit(name string, lock any) holder {
+	r, ok := o.rank[name]
 	if !ok {
-		panic(fmt.Sprintf("lockorder: lock %q is not in the documented order %s", m.Name, o))
+		panic(fmt.Sprintf("lockorder: lock %q is not in the documented order %s", name, o))
 	}
-	_, file, line, _ := runtime.Caller(2)
+	_, file, line, _ := runtime.Caller(3) // admit, acquire, Lock, the caller
 	at := file + ":" + strconv.Itoa(line)
 	id := goid()
 	o.mu.Lock()
@@ -168,11 +226,11 @@ func (o *Order) admit(m *Mutex) holder {
 	for _, h := range held {
 		if h.rank >= r {
 			o.mu.Unlock()
-			panic(o.violation(m, r, at, h, held))
+			panic(o.violation(name, lock, r, at, h, held))
 		}
 	}
 	o.mu.Unlock()
-	return holder{m: m, rank: r, at: at, g: id}
+	return holder{lock: lock, name: name, rank: r, at: at, g: id}
 }
 
 // record notes h as held, once its mutex is acquired. Only the goroutine
@@ -183,47 +241,47 @@ func (o *Order) record(h holder) {
 	o.mu.Unlock()
 }
 
-func (o *Order) violation(m *Mutex, r int, at string, h holder, held []holder) string {
+func (o *Order) violation(name string, lock any, r int, at string, h holder, held []holder) string {
 	var why string
 	switch {
-	case h.m == m:
+	case h.lock == lock:
 		why = "it is already held by this goroutine (self-deadlock)"
 	case h.rank == r && r == len(o.levels)-1:
 		why = "both are leaves, which never nest"
 	case h.rank == r:
 		why = "they are peers of one level, never held together"
 	default:
-		why = fmt.Sprintf("%s comes before %s", m.Name, h.m.Name)
+		why = fmt.Sprintf("%s comes before %s", name, h.name)
 	}
 	names := make([]string, len(held))
 	for i, x := range held {
-		names[i] = x.m.Name + " (" + x.at + ")"
+		names[i] = x.name + " (" + x.at + ")"
 	}
 	return fmt.Sprintf("lockorder: acquiring %s at %s while holding %s (taken at %s): %s; documented order: %s; held: %s",
-		m.Name, at, h.m.Name, h.at, why, o, strings.Join(names, ", "))
+		name, at, h.name, h.at, why, o, strings.Join(names, ", "))
 }
 
 // release drops m from the calling goroutine's record, or from another
 // goroutine's when m was handed over (locked there, unlocked here).
-func (o *Order) release(m *Mutex) {
+func (o *Order) release(name string, lock any) {
 	id := goid()
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.drop(id, m) {
+	if o.drop(id, lock) {
 		return
 	}
 	for other := range o.held {
-		if o.drop(other, m) {
+		if o.drop(other, lock) {
 			return
 		}
 	}
-	panic(fmt.Sprintf("lockorder: unlock of %s, which is not locked", m.Name))
+	panic(fmt.Sprintf("lockorder: unlock of %s, which is not locked", name))
 }
 
-func (o *Order) drop(id uint64, m *Mutex) bool {
+func (o *Order) drop(id uint64, lock any) bool {
 	held := o.held[id]
 	for i := len(held) - 1; i >= 0; i-- {
-		if held[i].m == m {
+		if held[i].lock == lock {
 			held = append(held[:i:i], held[i+1:]...)
 			if len(held) == 0 {
 				delete(o.held, id)

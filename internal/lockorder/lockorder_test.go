@@ -242,3 +242,63 @@ func BenchmarkUncheckedLockUnlock(b *testing.B) {
 		m.Unlock()
 	}
 }
+
+// TestRWMutexSharedHoldsAreChecked: a shared hold orders like an
+// exclusive one, readers of one RWMutex on different goroutines coexist,
+// and a second RLock by the holder panics instead of risking a deadlock.
+func TestRWMutexSharedHoldsAreChecked(t *testing.T) {
+	o := testOrder(true)
+	img, leaf := &RWMutex{Name: "image", Order: o}, &Mutex{Name: "leafA", Order: o}
+	img.RLock()
+	leaf.Lock() // image → leaf: allowed under a shared hold
+	if got, want := strings.Join(o.Held(), ","), "image,leafA"; got != want {
+		t.Fatalf("held %q, want %q", got, want)
+	}
+	leaf.Unlock()
+
+	// Another goroutine may hold it shared at the same time.
+	done := make(chan string)
+	go func() {
+		img.RLock()
+		h := strings.Join(o.Held(), ",")
+		img.RUnlock()
+		done <- h
+	}()
+	select {
+	case h := <-done:
+		if h != "image" {
+			t.Errorf("other reader's held = %q, want image", h)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a second reader blocked behind the first")
+	}
+
+	if msg := mustPanic(t, img.RLock); !strings.Contains(msg, "self-deadlock") {
+		t.Errorf("recursive RLock: panic %q, want self-deadlock", msg)
+	}
+	img.RUnlock()
+	if h := o.Held(); len(h) != 0 {
+		t.Fatalf("held after RUnlock: %v", h)
+	}
+
+	// Exclusive: the order is checked the same way both ways round.
+	img.Lock()
+	if msg := mustPanic(t, (&Mutex{Name: "vm", Order: o}).Lock); !strings.Contains(msg, "vm comes before image") {
+		t.Errorf("vm under image (exclusive): panic %q", msg)
+	}
+	img.Unlock()
+	leaf.Lock()
+	if msg := mustPanic(t, img.RLock); !strings.Contains(msg, "acquiring image") || !strings.Contains(msg, "while holding leafA") {
+		t.Errorf("RLock under a leaf: panic %q", msg)
+	}
+	leaf.Unlock()
+
+	// Unchecked zero value works as a plain RWMutex.
+	var plain RWMutex
+	plain.RLock()
+	plain.RLock()
+	plain.RUnlock()
+	plain.RUnlock()
+	plain.Lock()
+	plain.Unlock()
+}

@@ -7,10 +7,11 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/kilnvm/kiln/internal/lockorder"
 )
 
 // recordTTL is short: records follow VMs that come and go.
@@ -23,6 +24,8 @@ type DNSConfig struct {
 	// Upstream servers (host:port) for other names; none: REFUSED.
 	Upstream []string
 	Logger   *slog.Logger
+	// LockOrder, when set, names the server's lock (LockDNSServer) in it.
+	LockOrder *lockorder.Order
 }
 
 // DNSServer is authoritative for one zone whose names are VM names; it
@@ -36,7 +39,7 @@ type DNSServer struct {
 	addr     netip.AddrPort
 	udp, tcp *dns.Server
 
-	mu      sync.RWMutex // leaf; guards records
+	mu      lockorder.RWMutex // leaf (LockDNSServer); guards records
 	records map[string]netip.Addr
 }
 
@@ -47,6 +50,7 @@ func StartDNS(cfg DNSConfig) (*DNSServer, error) {
 	}
 	s := &DNSServer{zone: dns.Fqdn(strings.ToLower(cfg.Zone)), upstream: cfg.Upstream, log: cfg.Logger,
 		records: map[string]netip.Addr{}}
+	s.mu.Name, s.mu.Order = LockDNSServer, cfg.LockOrder
 	pc, err := net.ListenPacket("udp4", cfg.Listen.String())
 	if err != nil {
 		return nil, fmt.Errorf("dns: listen on udp %v: %w", cfg.Listen, err)

@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+
+	"github.com/kilnvm/kiln/internal/lockorder"
 )
 
 // Chains of kiln's nftables table (family ip).
@@ -29,7 +30,7 @@ type NAT struct {
 	table  string
 	bridge string
 
-	mu    sync.Mutex // leaf; guards conn (not safe for concurrent use)
+	mu    lockorder.Mutex // leaf (LockNAT); guards conn (not safe for concurrent use)
 	conn  *nftables.Conn
 	tab   *nftables.Table
 	post  *nftables.Chain

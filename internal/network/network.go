@@ -23,6 +23,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/kilnvm/kiln/internal/api"
+	"github.com/kilnvm/kiln/internal/lockorder"
 	"github.com/kilnvm/kiln/internal/system"
 )
 
@@ -55,6 +56,9 @@ type Config struct {
 	Resolver ResolverHost
 	// Runner runs resolvectl (system.ExecRunner when nil).
 	Runner system.Runner
+	// LockOrder, when set, names the network's locks (LockTapPool,
+	// LockNAT, LockDNSServer: leaves) in it; nil leaves them unchecked.
+	LockOrder *lockorder.Order
 }
 
 // Leases persist address assignments (internal/store implements it).
@@ -139,7 +143,8 @@ func Open(ctx context.Context, cfg Config, leases Leases) (_ *Manager, err error
 	if m.nat, err = OpenNAT(cfg.NATTable, cfg.Bridge); err != nil {
 		return nil, err
 	}
-	if m.dns, err = StartDNS(DNSConfig{Zone: cfg.Zone, Listen: netip.AddrPortFrom(m.gateway, 53), Upstream: cfg.Upstream, Logger: m.log}); err != nil {
+	m.nat.mu.Name, m.nat.mu.Order = LockNAT, cfg.LockOrder // not yet shared, not held
+	if m.dns, err = StartDNS(DNSConfig{Zone: cfg.Zone, Listen: netip.AddrPortFrom(m.gateway, 53), Upstream: cfg.Upstream, Logger: m.log, LockOrder: cfg.LockOrder}); err != nil {
 		return nil, err
 	}
 	m.pool = NewTapPool(PoolConfig{
@@ -147,7 +152,8 @@ func Open(ctx context.Context, cfg Config, leases Leases) (_ *Manager, err error
 		Create: func(ctx context.Context) (string, error) {
 			return CreateTAP(cfg.TapPrefix, cfg.Bridge, cfg.TAPOwner, cfg.TAPGroup)
 		},
-		Delete: DeleteLink,
+		Delete:    DeleteLink,
+		LockOrder: cfg.LockOrder,
 	})
 	m.log.Info("network ready", "bridge", cfg.Bridge, "subnet", cfg.Subnet, "gateway", m.gateway, "zone", cfg.Zone, "nat_table", cfg.NATTable)
 	m.hostDNS = m.openHostDNS(ctx)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+
+	"github.com/kilnvm/kiln/internal/lockorder"
 )
 
 // PoolConfig configures a TapPool. Create and Delete are the pool's only
@@ -17,6 +19,8 @@ type PoolConfig struct {
 	Create   func(ctx context.Context) (string, error)
 	Delete   func(name string) error
 	Logger   *slog.Logger
+	// LockOrder, when set, names the pool's lock (LockTapPool) in it.
+	LockOrder *lockorder.Order
 }
 
 // TapPool keeps warm TAPs so a VM create does not wait for one. Refills run
@@ -28,7 +32,7 @@ type TapPool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex // leaf lock; guards the fields below
+	mu        lockorder.Mutex // leaf lock (LockTapPool); guards the fields below
 	ready     []string
 	refilling bool
 	again     bool
@@ -44,7 +48,9 @@ func NewTapPool(cfg PoolConfig) *TapPool {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &TapPool{cfg: cfg, ctx: ctx, cancel: cancel}
+	p := &TapPool{cfg: cfg, ctx: ctx, cancel: cancel}
+	p.mu.Name, p.mu.Order = LockTapPool, cfg.LockOrder
+	return p
 }
 
 // Get hands out a warm TAP, or creates one when none is ready, and starts a

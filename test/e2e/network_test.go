@@ -72,8 +72,14 @@ func netHarness(t *testing.T) (*harness, netns.NsHandle, string) {
 		"KILN_STATE_DIR="+filepath.Join(root, "state"), "KILN_RUN_DIR="+filepath.Join(root, "run"),
 		"KILN_CACHE_DIR="+filepath.Join(root, "cache"), "KILN_DEFAULT_IMAGE=bb", "KILN_DEFAULT_KERNEL=test",
 		"KILN_MEMORY_MIB=512", "KILN_SOCKET_GROUP=", "KILN_BOOT_TIMEOUT=2m", "KILN_STOP_TIMEOUT=20s",
-		"KILN_LOG_LEVEL=debug", "NO_COLOR=1")
+		"KILN_LOG_LEVEL=debug", "NO_COLOR=1",
+		"KILN_LOCKCHECK=1") // the network's locks are checked leaves (internal/lockorder)
 	t.Cleanup(func() { h.teardown() })
+	t.Cleanup(func() { // before teardown removes the log
+		if v := h.lockViolations(); len(v) > 0 {
+			t.Errorf("lock-order violations in the network daemon's log:\n%s", strings.Join(v, "\n"))
+		}
+	})
 	if err := startNetDaemon(h, nsName, nil); err != nil {
 		t.Fatal(err)
 	}

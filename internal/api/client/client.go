@@ -242,8 +242,8 @@ func (c *Client) CancelOperation(ctx context.Context, id string) error {
 	return c.json(ctx, http.MethodPost, fill(api.PathOpCancel, "id", id), nil, nil)
 }
 
-// Wait polls an operation until it ends, calling progress (if not nil)
-// whenever it changed. It returns the final operation, and its error as a
+// Wait long-polls an operation (OperationAfter) until it ends, calling
+// progress (if not nil) whenever it changed. It returns the final operation, and its error as a
 // Go error when it failed.
 func (c *Client) Wait(ctx context.Context, op api.Operation, progress func(api.Operation)) (api.Operation, error) {
 	last := ""
@@ -258,13 +258,10 @@ func (c *Client) Wait(ctx context.Context, op api.Operation, progress func(api.O
 			}
 			return op, nil
 		}
-		select {
-		case <-ctx.Done():
+		next, err := c.OperationAfter(ctx, op.ID, op.Version, opPollWait)
+		if err != nil && ctx.Err() != nil {
 			return op, ctx.Err()
-		case <-time.After(150 * time.Millisecond):
-		}
-		next, err := c.Operation(ctx, op.ID)
-		if err != nil {
+		} else if err != nil {
 			return op, err
 		}
 		op = next

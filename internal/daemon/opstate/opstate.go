@@ -10,10 +10,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/kilnvm/kiln/internal/api"
+	"github.com/kilnvm/kiln/internal/lockorder"
 )
 
 // Func is an operation's body. It reports progress through op.Stage and
@@ -29,12 +29,14 @@ type Op struct {
 	done             chan struct{}
 	now              func() time.Time
 
-	mu     sync.Mutex // guards the fields below
-	state  string
-	stages []api.Stage
-	err    error
-	result any
-	ended  time.Time
+	mu      lockorder.Mutex // guards the fields below; a leaf lock (LockOp)
+	version uint64          // grows on each change (see bumpLocked)
+	changed chan struct{}   // closed and replaced on each change
+	state   string
+	stages  []api.Stage
+	err     error
+	result  any
+	ended   time.Time
 }
 
 // ID is the operation id.
@@ -50,14 +52,51 @@ func (o *Op) Stage(name, detail string) {
 	now := o.now()
 	o.endStageLocked(now)
 	o.stages = append(o.stages, api.Stage{Name: name, Detail: detail, StartedAt: now})
+	o.bumpLocked()
 }
 
 // Detail updates the detail text of the current stage (e.g. progress).
 func (o *Op) Detail(detail string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if n := len(o.stages); n > 0 {
+	if n := len(o.stages); n > 0 && o.stages[n-1].Detail != detail {
 		o.stages[n-1].Detail = detail
+		o.bumpLocked()
+	}
+}
+
+// bumpLocked records a change: it wakes every WaitChange. Closing a
+// channel never blocks, so this is safe under o.mu.
+func (o *Op) bumpLocked() {
+	o.version++
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// Version is the operation's change counter (also in Snapshot).
+func (o *Op) Version() uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.version
+}
+
+// WaitChange blocks until the operation's version differs from after, the
+// operation has ended, or ctx is done (then it returns ctx's error). It
+// holds no lock while it waits.
+func (o *Op) WaitChange(ctx context.Context, after uint64) error {
+	o.mu.Lock()
+	v, ch := o.version, o.changed
+	o.mu.Unlock()
+	if v != after {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-o.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -90,7 +129,8 @@ func (o *Op) Snapshot() api.Operation {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	s := api.Operation{ID: o.id, Kind: o.kind, Target: o.target, State: o.state,
-		Stages: append([]api.Stage(nil), o.stages...), Result: o.result, CreatedAt: o.created}
+		Stages: append([]api.Stage(nil), o.stages...), Result: o.result, CreatedAt: o.created,
+		Version: o.version}
 	if !o.ended.IsZero() {
 		e := o.ended
 		s.EndedAt = &e
@@ -122,7 +162,9 @@ type Registry struct {
 	now func() time.Time
 	ttl time.Duration
 
-	mu  sync.Mutex // guards ops; a leaf lock
+	order *lockorder.Order // of every Op.mu; nil: unchecked (see NewChecked)
+
+	mu  lockorder.Mutex // guards ops; before Op.mu (LockRegistry)
 	ops map[string]*Op
 }
 
@@ -144,7 +186,8 @@ func NewID() string {
 func (r *Registry) Begin(parent context.Context, kind, target string, fn Func) *Op {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 	op := &Op{id: NewID(), kind: kind, target: target, created: r.now(), cancel: cancel,
-		done: make(chan struct{}), now: r.now, state: api.OpRunning}
+		done: make(chan struct{}), now: r.now, state: api.OpRunning, changed: make(chan struct{})}
+	op.mu.Name, op.mu.Order = LockOp, r.order
 	r.mu.Lock()
 	r.ops[op.id] = op
 	r.mu.Unlock()
@@ -164,6 +207,7 @@ func (r *Registry) Begin(parent context.Context, kind, target string, fn Func) *
 		default:
 			op.state, op.err = api.OpFailed, err
 		}
+		op.bumpLocked()
 	}()
 	return op
 }
