@@ -100,29 +100,17 @@ func (b *watchBuf) wait(t *testing.T) {
 	}
 }
 
-func appendLog(t *testing.T, path, s string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(s); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // A client that goes away ends the follow: the handler returns and the
 // log's descriptor is closed; the client's own cancel is not an error.
 func TestStreamLogClientGoneEndsFollow(t *testing.T) {
 	s := newLogServer(t, nil)
-	appendLog(t, s.path, "boot\n")
+	testutil.AppendFile(t, s.path, "boot\n")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out := newWatchBuf("MARK-1")
 	errc := make(chan error, 1)
 	go func() { errc <- s.c.StreamVMLogs(ctx, "box", api.LogsOptions{Follow: true, Tail: -1}, out) }()
-	appendLog(t, s.path, "MARK-1\n")
+	testutil.AppendFile(t, s.path, "MARK-1\n")
 	out.wait(t)
 	if got := out.String(); got != "boot\nMARK-1\n" {
 		t.Errorf("streamed %q", got)
@@ -153,7 +141,7 @@ func TestStreamLogVMDeleted(t *testing.T) {
 		}
 		return nil
 	})
-	appendLog(t, s.path, "hello\n")
+	testutil.AppendFile(t, s.path, "hello\n")
 	out := newWatchBuf("hello")
 	errc := make(chan error, 1)
 	go func() {
@@ -163,7 +151,7 @@ func TestStreamLogVMDeleted(t *testing.T) {
 	mu.Lock()
 	deleted = true
 	mu.Unlock()
-	appendLog(t, s.path, "bye\n")
+	testutil.AppendFile(t, s.path, "bye\n")
 	if err := os.Remove(s.path); err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +173,7 @@ func TestStreamLogVMDeleted(t *testing.T) {
 // A daemon shutting down ends the stream with unavailable, promptly.
 func TestStreamLogDaemonStops(t *testing.T) {
 	s := newLogServer(t, nil)
-	appendLog(t, s.path, "up\n")
+	testutil.AppendFile(t, s.path, "up\n")
 	out := newWatchBuf("up")
 	errc := make(chan error, 1)
 	go func() {

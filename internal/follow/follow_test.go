@@ -119,30 +119,18 @@ func waitDone(t *testing.T, done <-chan error) error {
 	}
 }
 
-func appendTo(t *testing.T, path, s string) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(s); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestFollowAppendsThenCancelClosesFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "console.log")
-	appendTo(t, path, "boot 1\n")
+	testutil.AppendFile(t, path, "boot 1\n")
 	var w syncBuf
 	cancel, done := run(t, path, &w, Options{Tail: -1})
 	wantOutput(t, &w, "boot 1\n")
 	if n := testutil.OpenFDs(t, path); n != 1 {
 		t.Fatalf("%d descriptors open on the log while following, want 1", n)
 	}
-	appendTo(t, path, "more")
+	testutil.AppendFile(t, path, "more")
 	wantOutput(t, &w, "boot 1\nmore")
-	appendTo(t, path, " output\n")
+	testutil.AppendFile(t, path, " output\n")
 	wantOutput(t, &w, "boot 1\nmore output\n")
 	cancel()
 	if err := waitDone(t, done); !errors.Is(err, context.Canceled) {
@@ -155,23 +143,23 @@ func TestFollowAppendsThenCancelClosesFile(t *testing.T) {
 
 func TestFollowTail(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "console.log")
-	appendTo(t, path, "a\nb\nc\n")
+	testutil.AppendFile(t, path, "a\nb\nc\n")
 	var w syncBuf
 	_, _ = run(t, path, &w, Options{Tail: 2})
 	wantOutput(t, &w, "b\nc\n")
-	appendTo(t, path, "d\n")
+	testutil.AppendFile(t, path, "d\n")
 	wantOutput(t, &w, "b\nc\nd\n")
 }
 
 func TestFollowTailZeroShowsOnlyNewOutput(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "console.log")
-	appendTo(t, path, "old\n")
+	testutil.AppendFile(t, path, "old\n")
 	var w syncBuf
 	_, _ = run(t, path, &w, Options{Tail: 0})
 	// Follow may open the file before or after an append: keep appending
 	// until output appears; none of it may be the old line.
 	waitFor(t, "new output", func() bool {
-		appendTo(t, path, "new\n")
+		testutil.AppendFile(t, path, "new\n")
 		return w.String() != ""
 	})
 	if got := w.String(); !strings.HasPrefix(got, "new\n") || strings.Contains(got, "old") {
@@ -182,7 +170,7 @@ func TestFollowTailZeroShowsOnlyNewOutput(t *testing.T) {
 // A new boot truncates the console log: following goes on from its start.
 func TestFollowTruncation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "console.log")
-	appendTo(t, path, "first boot, a long line\n")
+	testutil.AppendFile(t, path, "first boot, a long line\n")
 	var w syncBuf
 	_, _ = run(t, path, &w, Options{Tail: -1})
 	wantOutput(t, &w, "first boot, a long line\n")
@@ -191,7 +179,7 @@ func TestFollowTruncation(t *testing.T) {
 	}
 	// Shorter than what was read: seen as a truncation even if Follow
 	// never looks at the empty file in between.
-	appendTo(t, path, "second\n")
+	testutil.AppendFile(t, path, "second\n")
 	wantOutput(t, &w, "first boot, a long line\nsecond\n")
 }
 
@@ -199,7 +187,7 @@ func TestFollowTruncation(t *testing.T) {
 func TestFollowReplacedFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "console.log")
-	appendTo(t, path, "old\n")
+	testutil.AppendFile(t, path, "old\n")
 	var w syncBuf
 	_, _ = run(t, path, &w, Options{Tail: -1})
 	wantOutput(t, &w, "old\n")
@@ -211,7 +199,7 @@ func TestFollowReplacedFile(t *testing.T) {
 	}
 	defer old.Close()
 	next := filepath.Join(dir, "next")
-	appendTo(t, next, "new\n")
+	testutil.AppendFile(t, next, "new\n")
 	if _, err := old.WriteString("old tail\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -244,13 +232,13 @@ func TestFollowMissing(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	appendTo(t, path, "hello\n")
+	testutil.AppendFile(t, path, "hello\n")
 	wantOutput(t, &w, "hello\n")
 
 	mu.Lock()
 	gone = true
 	mu.Unlock()
-	appendTo(t, path, "last words\n")
+	testutil.AppendFile(t, path, "last words\n")
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +259,7 @@ func (failWriter) Write([]byte) (int, error) { return 0, errors.New("client went
 
 func TestFollowWriteErrorEndsAndCloses(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "console.log")
-	appendTo(t, path, "x\n")
+	testutil.AppendFile(t, path, "x\n")
 	err := Follow(context.Background(), path, failWriter{}, Options{Tail: -1, Interval: time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "client went away") {
 		t.Fatalf("Follow with a failing writer = %v", err)

@@ -169,3 +169,16 @@ func OpenFDs(t testing.TB, path string) int {
 	}
 	return n
 }
+
+// AppendFile appends s to the file at path, creating it (0600).
+func AppendFile(t testing.TB, path, s string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
+	}
+}

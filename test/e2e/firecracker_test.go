@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/testutil"
 )
 
@@ -112,24 +110,9 @@ func TestFirecrackerLifecycle(t *testing.T) {
 	}
 
 	// A clean stop keeps data; start boots a new VMM.
-	h.mustKiln(t, "vm", "exec", "fc", "--", "sh", "-c", "echo kept > /root/mark")
-	h.mustKiln(t, "vm", "stop", "fc")
-	got, err := h.client().GetVM(context.Background(), "fc")
-	if err != nil || got.State != api.StateStopped {
-		t.Fatalf("after stop: %+v %v", got, err)
-	}
-	testutil.WaitFor(t, 10*time.Second, "VMM to be gone", func() bool { return syscall.Kill(vm.PID, 0) != nil })
-	h.mustKiln(t, "vm", "start", "fc")
-	r = h.mustKiln(t, "vm", "exec", "fc", "--", "cat", "/root/mark")
-	if strings.TrimSpace(r.stdout) != "kept" {
-		t.Fatalf("data lost over stop/start: %s", r)
-	}
+	before := h.stopStartKeepsData(t, "fc", vm.PID, nil)
 
 	// The VM survives a daemon SIGKILL and is reached again after restart.
-	before, err := h.client().GetVM(context.Background(), "fc")
-	if err != nil {
-		t.Fatal(err)
-	}
 	after := h.survivesDaemonKill(t, env, "fc", before.PID)
 
 	// Delete leaves no process or directory behind.

@@ -320,6 +320,31 @@ func (h *harness) createVM(t *testing.T, name string, extra ...string) api.VM {
 	return vm
 }
 
+// stopStartKeepsData writes a file in VM name, stops it (its VMM, pid,
+// must go), runs whileStopped, starts it again and checks the file is
+// still there. It returns the VM as started.
+func (h *harness) stopStartKeepsData(t *testing.T, name string, pid int, whileStopped func()) api.VM {
+	t.Helper()
+	h.mustKiln(t, "vm", "exec", name, "--", "sh", "-c", "echo kept > /root/mark")
+	h.mustKiln(t, "vm", "stop", name)
+	if got, err := h.client().GetVM(context.Background(), name); err != nil || got.State != api.StateStopped {
+		t.Fatalf("after stop: %+v %v", got, err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "VMM to be gone", func() bool { return syscall.Kill(pid, 0) != nil })
+	if whileStopped != nil {
+		whileStopped()
+	}
+	h.mustKiln(t, "vm", "start", name)
+	started, err := h.client().GetVM(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := h.mustKiln(t, "vm", "exec", name, "--", "cat", "/root/mark"); strings.TrimSpace(r.stdout) != "kept" {
+		t.Fatalf("data lost over stop/start: %s", r)
+	}
+	return started
+}
+
 // survivesDaemonKill SIGKILLs the daemon, starts it again with env, and
 // checks that VM name still runs on the same VMM pid and answers exec. It
 // returns the VM as the new daemon sees it.

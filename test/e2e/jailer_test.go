@@ -141,20 +141,10 @@ func TestFirecrackerJailer(t *testing.T) {
 	if r.code != 0 || r.stdout != "through the jail\n" {
 		t.Fatalf("exec: %s", r)
 	}
-	h.mustKiln(t, "vm", "exec", "jl", "--", "sh", "-c", "echo kept > /root/mark")
 
 	// Stop keeps the data and releases the jail; start jails again.
-	h.mustKiln(t, "vm", "stop", "jl")
-	checkReleased(vm.PID, "stop")
-	h.mustKiln(t, "vm", "start", "jl")
-	started, err := h.client().GetVM(context.Background(), "jl")
-	if err != nil {
-		t.Fatal(err)
-	}
+	started := h.stopStartKeepsData(t, "jl", vm.PID, func() { checkReleased(vm.PID, "stop") })
 	checkJailed(started.PID)
-	if r := h.mustKiln(t, "vm", "exec", "jl", "--", "cat", "/root/mark"); strings.TrimSpace(r.stdout) != "kept" {
-		t.Fatalf("data lost over stop/start: %s", r)
-	}
 
 	// A SIGKILLed daemon finds the jailed VMM again.
 	after := h.survivesDaemonKill(t, env, "jl", started.PID)

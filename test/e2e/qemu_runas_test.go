@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -81,21 +80,12 @@ func TestQEMURunAs(t *testing.T) {
 	}
 
 	// Stop (agent poweroff, then QMP power-down) keeps the data.
-	h.mustKiln(t, "vm", "exec", "rx", "--", "sh", "-c", "echo kept > /root/mark")
-	h.mustKiln(t, "vm", "stop", "rx")
-	testutil.WaitFor(t, 10*time.Second, "VMM to be gone", func() bool { return syscall.Kill(vm.PID, 0) != nil })
-	if by := stoppedBy(t, h, vm.PID); by != "guest" && by != "SIGTERM" {
-		t.Errorf("QEMU pid %d stopped by %q, want the guest or SIGTERM", vm.PID, by)
-	}
-	h.mustKiln(t, "vm", "start", "rx")
-	started, err := h.client().GetVM(context.Background(), "rx")
-	if err != nil {
-		t.Fatal(err)
-	}
+	started := h.stopStartKeepsData(t, "rx", vm.PID, func() {
+		if by := stoppedBy(t, h, vm.PID); by != "guest" && by != "SIGTERM" {
+			t.Errorf("QEMU pid %d stopped by %q, want the guest or SIGTERM", vm.PID, by)
+		}
+	})
 	checkUser(started.PID)
-	if r := h.mustKiln(t, "vm", "exec", "rx", "--", "cat", "/root/mark"); strings.TrimSpace(r.stdout) != "kept" {
-		t.Fatalf("data lost over stop/start: %s", r)
-	}
 
 	// A SIGKILLed daemon finds the unprivileged QEMU again.
 	after := h.survivesDaemonKill(t, env, "rx", started.PID)
