@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strings"
 
 	"github.com/kilnvm/kiln/internal/api"
@@ -70,4 +71,14 @@ func LogTail(what, path string, offset int64) string {
 		lines = lines[len(lines)-5:]
 	}
 	return strings.Join(lines, "; ")
+}
+
+// LookBinary finds a VMM binary (a path or a name on PATH). A missing one
+// is failed_precondition, naming what and carrying hint.
+func LookBinary(what, bin, hint string) (string, error) {
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		return "", api.Hinted(fmt.Errorf("%s binary %q not found: %w: %w", what, bin, err, api.ErrFailedPrecondition), hint)
+	}
+	return p, nil
 }

@@ -125,13 +125,8 @@ func (d *Driver) Features() vmm.Features {
 }
 
 func (d *Driver) lookBinary() (string, error) {
-	p, err := exec.LookPath(d.binary)
-	if err != nil {
-		return "", api.Hinted(
-			fmt.Errorf("firecracker binary %q not found: %w: %w", d.binary, err, api.ErrFailedPrecondition),
-			"install Firecracker (github.com/firecracker-microvm/firecracker releases) or set firecracker_binary in the config")
-	}
-	return p, nil
+	return vmm.LookBinary("firecracker", d.binary,
+		"install Firecracker (github.com/firecracker-microvm/firecracker releases) or set firecracker_binary in the config")
 }
 
 // Version runs `firecracker --version`.
@@ -149,13 +144,8 @@ func (d *Driver) Version(ctx context.Context) (Release, error) {
 
 // lookJailer finds the configured jailer binary.
 func (d *Driver) lookJailer() (string, error) {
-	p, err := exec.LookPath(d.jailer.Binary)
-	if err != nil {
-		return "", api.Hinted(
-			fmt.Errorf("jailer binary %q not found: %w: %w", d.jailer.Binary, err, api.ErrFailedPrecondition),
-			"install jailer from the same Firecracker release, or unset jailer_binary to run Firecracker directly")
-	}
-	return p, nil
+	return vmm.LookBinary("jailer", d.jailer.Binary,
+		"install jailer from the same Firecracker release, or unset jailer_binary to run Firecracker directly")
 }
 
 // Probe implements vmm.Driver: the binary exists and is at least

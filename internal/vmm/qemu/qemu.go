@@ -12,7 +12,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -118,13 +117,7 @@ func (d *Driver) Features() vmm.Features {
 
 // lookBinary resolves the QEMU executable.
 func (d *Driver) lookBinary() (string, error) {
-	p, err := exec.LookPath(d.binary)
-	if err != nil {
-		return "", api.Hinted(
-			fmt.Errorf("qemu binary %q not found: %w: %w", d.binary, err, api.ErrFailedPrecondition),
-			"install it (apt-get install qemu-system-x86) or set the qemu binary path in the config")
-	}
-	return p, nil
+	return vmm.LookBinary("qemu", d.binary, "install it (apt-get install qemu-system-x86) or set the qemu binary path in the config")
 }
 
 // Version returns QEMU's version ("7.2.22"), for `kiln doctor`.
