@@ -285,27 +285,6 @@ func newNS(t *testing.T, name string) netns.NsHandle {
 	return ns
 }
 
-// inNS runs fn on a thread in ns.
-func inNS(t *testing.T, ns netns.NsHandle, fn func() error) error {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err == nil {
-		runtime.UnlockOSThread() // else the locked thread dies with the goroutine
-	}
-	return ferr
-}
-
 // vethInto makes a veth pair: host end here (on master, if given), peer in
 // ns with addr and a default route via gw (if valid).
 func vethInto(t *testing.T, host, peer string, ns netns.NsHandle, master string, hostAddr, addr string, gw netip.Addr) {
@@ -374,7 +353,7 @@ func testNATTraffic(t *testing.T) {
 	vethInto(t, "kti0", "eth0", inet, "", "198.51.100.1/24", "198.51.100.2/24", netip.Addr{})
 
 	var ln net.Listener
-	if err := inNS(t, inet, func() (err error) { ln, err = net.Listen("tcp4", "198.51.100.2:8080"); return }); err != nil {
+	if err := testutil.InNS(inet, func() (err error) { ln, err = net.Listen("tcp4", "198.51.100.2:8080"); return }); err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
@@ -392,7 +371,7 @@ func testNATTraffic(t *testing.T) {
 	}()
 	dial := func() (string, error) {
 		var got string
-		err := inNS(t, guest, func() error {
+		err := testutil.InNS(guest, func() error {
 			c, err := net.DialTimeout("tcp4", "198.51.100.2:8080", 2*time.Second)
 			if err != nil {
 				return err
@@ -429,7 +408,7 @@ func testNATTraffic(t *testing.T) {
 	}
 	// It still reaches the host side of the bridge (the DNS server).
 	var r *dns.Msg
-	if err := inNS(t, guest, func() (err error) { r, err = query(t, netip.MustParseAddrPort("10.231.0.1:53"), "a.vm"); return }); err != nil || r.Rcode != dns.RcodeSuccess {
+	if err := testutil.InNS(guest, func() (err error) { r, err = query(t, netip.MustParseAddrPort("10.231.0.1:53"), "a.vm"); return }); err != nil || r.Rcode != dns.RcodeSuccess {
 		t.Fatalf("guest with NAT off cannot resolve a.vm through the gateway: %v %v", r, err)
 	}
 }

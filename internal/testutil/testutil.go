@@ -182,3 +182,18 @@ func AppendFile(t testing.TB, path, s string) {
 		t.Fatal(err)
 	}
 }
+
+// GitSh runs a shell script (set -e) in dir with git's global and system
+// configuration out of the way, failing the test with its output on error.
+// It returns the trimmed output.
+func GitSh(t testing.TB, dir, script string) string {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", "set -e\n"+script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_SYSTEM=/dev/null")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/kilnvm/kiln/internal/system"
+	"github.com/kilnvm/kiln/internal/testutil"
 )
 
 // A clean repository sends no file: the guest checks all of them out of
@@ -18,7 +19,7 @@ func TestPrepareCleanRepoSendsNoFile(t *testing.T) {
 	ctx := context.Background()
 	r := system.ExecRunner{}
 	host := newRepo(t)
-	sh(t, host, "git add -A && git commit -qm all")
+	testutil.GitSh(t, host, "git add -A && git commit -qm all")
 	repo, err := Inspect(ctx, r, host)
 	if err != nil {
 		t.Fatal(err)
@@ -35,8 +36,8 @@ func TestPrepareCleanRepoSendsNoFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tracked := sh(t, host, "git ls-files | wc -l")
-	if p.Copy.Files != 0 || p.Copy.Bytes != 0 || sh(t, gdir, "echo "+strconv.Itoa(p.Copy.CheckedOut)) != tracked {
+	tracked := testutil.GitSh(t, host, "git ls-files | wc -l")
+	if p.Copy.Files != 0 || p.Copy.Bytes != 0 || testutil.GitSh(t, gdir, "echo "+strconv.Itoa(p.Copy.CheckedOut)) != tracked {
 		t.Fatalf("copy stats %+v, want 0 files sent and %s checked out", p.Copy, tracked)
 	}
 	if a, b := worktreeID(t, gdir), worktreeID(t, host); a != b {
@@ -44,7 +45,7 @@ func TestPrepareCleanRepoSendsNoFile(t *testing.T) {
 	}
 	// The snapshot is HEAD's tree; the index is clean with stat data; the
 	// list files are gone.
-	if got := sh(t, gdir, "git rev-parse "+BaseRef+"^{tree} HEAD^{tree} | uniq | wc -l; git status --porcelain | wc -l; ls .git | grep -c kiln- || true"); got != "1\n0\n0" {
+	if got := testutil.GitSh(t, gdir, "git rev-parse "+BaseRef+"^{tree} HEAD^{tree} | uniq | wc -l; git status --porcelain | wc -l; ls .git | grep -c kiln- || true"); got != "1\n0\n0" {
 		t.Fatalf("guest after a clean prepare: %q", got)
 	}
 }
@@ -56,7 +57,7 @@ func TestListChanges(t *testing.T) {
 	ctx := context.Background()
 	r := system.ExecRunner{}
 	host := newRepo(t)
-	sh(t, host, `printf 'staged\n' >> src/deep/keep.txt; git add src/deep/keep.txt; printf 'then on disk\n' >> src/deep/keep.txt
+	testutil.GitSh(t, host, `printf 'staged\n' >> src/deep/keep.txt; git add src/deep/keep.txt; printf 'then on disk\n' >> src/deep/keep.txt
 git rm -q --cached docs/old-name.txt
 chmod -x run.sh
 rm link; mkdir link; printf 'in a dir now\n' > link/file
@@ -91,15 +92,15 @@ printf 'staged new\n' > new.txt; git add new.txt`)
 		// The host's tree as git sees it with the same files: move what
 		// was not asked for out of the way.
 		if !untracked {
-			sh(t, host, "mkdir -p ../away && mv untracked.txt docs/old-name.txt link ../away/")
+			testutil.GitSh(t, host, "mkdir -p ../away && mv untracked.txt docs/old-name.txt link ../away/")
 		}
 		if a, b := worktreeID(t, gdir), worktreeID(t, host); a != b {
 			t.Fatalf("untracked=%v: guest tree %s != host tree %s", untracked, a, b)
 		}
 		if !untracked {
-			sh(t, host, "mv ../away/untracked.txt ../away/link . && mv ../away/old-name.txt docs/ && rmdir ../away")
+			testutil.GitSh(t, host, "mv ../away/untracked.txt ../away/link . && mv ../away/old-name.txt docs/ && rmdir ../away")
 		}
-		if got := sh(t, gdir, "test ! -x run.sh && tail -n1 src/deep/keep.txt && git diff --cached --name-only | wc -l"); got != "then on disk\n0" {
+		if got := testutil.GitSh(t, gdir, "test ! -x run.sh && tail -n1 src/deep/keep.txt && git diff --cached --name-only | wc -l"); got != "then on disk\n0" {
 			t.Fatalf("untracked=%v: guest: %q", untracked, got)
 		}
 		if _, err := os.Lstat(filepath.Join(gdir, "debug.log")); err == nil {
@@ -129,7 +130,7 @@ func TestPrepareCopiesFilteredFiles(t *testing.T) {
 	ctx := context.Background()
 	r := system.ExecRunner{}
 	host := filepath.Join(t.TempDir(), "repo")
-	sh(t, filepath.Dir(host), `git init -q -b main repo && cd repo && git config user.name A && git config user.email a@x
+	testutil.GitSh(t, filepath.Dir(host), `git init -q -b main repo && cd repo && git config user.name A && git config user.email a@x
 git config filter.upper.clean 'tr a-z A-Z' && git config filter.upper.smudge cat
 printf '*.up filter=upper\n' > .gitattributes
 printf 'lower on disk\n' > f.up && printf 'plain\n' > plain.txt
@@ -149,7 +150,7 @@ git add -A && git commit -qm one`)
 	if _, err := Prepare(ctx, hostShellGuest{t}, repo, ch, PrepareOptions{GuestPath: gdir}); err != nil {
 		t.Fatal(err)
 	}
-	if got := sh(t, gdir, "cat f.up plain.txt"); got != "lower on disk\nplain" {
+	if got := testutil.GitSh(t, gdir, "cat f.up plain.txt"); got != "lower on disk\nplain" {
 		t.Fatalf("guest files: %q", got)
 	}
 }
@@ -160,7 +161,7 @@ func TestListChangesFlaggedEntries(t *testing.T) {
 	ctx := context.Background()
 	r := system.ExecRunner{}
 	host := newRepo(t)
-	sh(t, host, `git update-index --assume-unchanged src/deep/keep.txt && printf 'edited\n' > src/deep/keep.txt
+	testutil.GitSh(t, host, `git update-index --assume-unchanged src/deep/keep.txt && printf 'edited\n' > src/deep/keep.txt
 git update-index --skip-worktree docs/old-name.txt && rm docs/old-name.txt`)
 	repo, err := Inspect(ctx, r, host)
 	if err != nil {
@@ -174,7 +175,7 @@ git update-index --skip-worktree docs/old-name.txt && rm docs/old-name.txt`)
 	if _, err := Prepare(ctx, hostShellGuest{t}, repo, ch, PrepareOptions{GuestPath: gdir}); err != nil {
 		t.Fatal(err)
 	}
-	if got := sh(t, gdir, "cat src/deep/keep.txt; test ! -e docs/old-name.txt && echo absent"); got != "edited\nabsent" {
+	if got := testutil.GitSh(t, gdir, "cat src/deep/keep.txt; test ! -e docs/old-name.txt && echo absent"); got != "edited\nabsent" {
 		t.Fatalf("guest: %q (changes %+v)", got, ch)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/system"
+	"github.com/kilnvm/kiln/internal/testutil"
 )
 
 // Uncommitted lists exactly the guest's changes since its HEAD — staged,
@@ -45,12 +46,12 @@ func TestUncommitted(t *testing.T) {
 	if want := []Change{{"D", "docs/gone.txt"}, {"M", "src/hello.txt"}}; !reflect.DeepEqual(cs, want) {
 		t.Fatalf("after prepare: %v, want %v", cs, want)
 	}
-	sh(t, gdir, `git commit -qam 'guest work'
+	testutil.GitSh(t, gdir, `git commit -qam 'guest work'
 printf 'staged\n' > staged.txt; git add staged.txt
 printf 'more\n' >> src/deep/keep.txt
 printf 'new\n' > 'with space.txt'
 printf 'x\n' > ignored.log`)
-	index := sh(t, gdir, "sha256sum .git/index")
+	index := testutil.GitSh(t, gdir, "sha256sum .git/index")
 	cs, err = Uncommitted(ctx, g, gdir)
 	if err != nil {
 		t.Fatal(err)
@@ -58,10 +59,10 @@ printf 'x\n' > ignored.log`)
 	if want := []Change{{"M", "src/deep/keep.txt"}, {"A", "staged.txt"}, {"A", "with space.txt"}}; !reflect.DeepEqual(cs, want) {
 		t.Fatalf("after guest work: %v, want %v", cs, want)
 	}
-	if sh(t, gdir, "sha256sum .git/index") != index {
+	if testutil.GitSh(t, gdir, "sha256sum .git/index") != index {
 		t.Fatal("Uncommitted changed the guest's index")
 	}
-	sh(t, gdir, "git add -A && git commit -qm all")
+	testutil.GitSh(t, gdir, "git add -A && git commit -qm all")
 	if cs, err := Uncommitted(ctx, g, gdir); err != nil || len(cs) != 0 {
 		t.Fatalf("clean work tree: %v %v", cs, err)
 	}
@@ -105,7 +106,7 @@ func TestPrepareCarriesUncommittedHostChanges(t *testing.T) {
 	ctx := context.Background()
 	r := system.ExecRunner{}
 	host := newRepo(t)
-	sh(t, host, `printf 'staged\n' >> src/deep/keep.txt; git add src/deep/keep.txt; printf 'then on disk\n' >> src/deep/keep.txt
+	testutil.GitSh(t, host, `printf 'staged\n' >> src/deep/keep.txt; git add src/deep/keep.txt; printf 'then on disk\n' >> src/deep/keep.txt
 printf 'added\n' > added.txt; git add added.txt
 git mv docs/old-name.txt docs/renamed.txt
 chmod -x run.sh`)
@@ -123,11 +124,11 @@ chmod -x run.sh`)
 	}
 	// The guest's tree is the host's as on disk, minus the untracked file
 	// (not asked for); ignored files never go.
-	sh(t, host, "mv untracked.txt ../untracked.txt.away")
+	testutil.GitSh(t, host, "mv untracked.txt ../untracked.txt.away")
 	if a, b := worktreeID(t, gdir), worktreeID(t, host); a != b {
 		t.Fatalf("guest tree %s != host tree on disk %s", a, b)
 	}
-	if got := sh(t, gdir, "tail -n1 src/deep/keep.txt; cat added.txt docs/renamed.txt; test ! -e docs/old-name.txt; test ! -x run.sh; test ! -e untracked.txt; test ! -e debug.log && echo ok"); got != "then on disk\nadded\nold\nok" {
+	if got := testutil.GitSh(t, gdir, "tail -n1 src/deep/keep.txt; cat added.txt docs/renamed.txt; test ! -e docs/old-name.txt; test ! -x run.sh; test ! -e untracked.txt; test ! -e debug.log && echo ok"); got != "then on disk\nadded\nold\nok" {
 		t.Fatalf("guest files: %q", got)
 	}
 	// The base records the work tree as copied: nothing to export yet.
@@ -143,7 +144,7 @@ func TestSubmodules(t *testing.T) {
 	ctx := context.Background()
 	r := system.ExecRunner{}
 	parent := t.TempDir()
-	sh(t, parent, `git init -q -b main lib && cd lib && git config user.name L && git config user.email l@x
+	testutil.GitSh(t, parent, `git init -q -b main lib && cd lib && git config user.name L && git config user.email l@x
 printf 'lib\n' > lib.c && git add -A && git commit -qm lib && cd ..
 git init -q -b main app && cd app && git config user.name A && git config user.email a@x
 printf 'app\n' > main.c && git add -A && git commit -qm one
@@ -179,7 +180,7 @@ git commit -qm 'add lib' && printf 'two\n' >> main.c && git commit -qam two`)
 	if _, err := Prepare(ctx, g, repo, Changes{}, PrepareOptions{GuestPath: full, FullCopy: true}); err != nil {
 		t.Fatal(err)
 	}
-	if got := sh(t, full, "cat vendor/lib/lib.c; git rev-list --count HEAD; git -C vendor/lib log --format=%s"); got != "lib\n3\nlib" {
+	if got := testutil.GitSh(t, full, "cat vendor/lib/lib.c; git rev-list --count HEAD; git -C vendor/lib log --format=%s"); got != "lib\n3\nlib" {
 		t.Fatalf("full copy: %q", got)
 	}
 }
@@ -236,10 +237,10 @@ func TestWriteTarStreams(t *testing.T) {
 // older commit costs nothing.
 func TestPackHoldsOnlyHead(t *testing.T) {
 	dir := t.TempDir()
-	sh(t, dir, `git init -q -b main && git config user.name A && git config user.email a@x
+	testutil.GitSh(t, dir, `git init -q -b main && git config user.name A && git config user.email a@x
 head -c 2000000 /dev/urandom > big.bin && git add -A && git commit -qm big
 git rm -q big.bin && printf 'small\n' > small.txt && git add -A && git commit -qm small`)
-	head := sh(t, dir, "git rev-parse HEAD")
+	head := testutil.GitSh(t, dir, "git rev-parse HEAD")
 	pack, wait, err := packCommit(context.Background(), dir, head)
 	if err != nil {
 		t.Fatal(err)
@@ -257,13 +258,13 @@ git rm -q big.bin && printf 'small\n' > small.txt && git add -A && git commit -q
 	// It holds HEAD's commit, tree and blob: three objects.
 	idx := exec.Command("git", "index-pack", "--stdin", "--fix-thin")
 	gd := t.TempDir()
-	sh(t, gd, "git init -q")
+	testutil.GitSh(t, gd, "git init -q")
 	idx.Dir = gd
 	idx.Stdin = bytes.NewReader(b)
 	if out, err := idx.CombinedOutput(); err != nil {
 		t.Fatalf("index-pack: %v %s", err, out)
 	}
-	if got := sh(t, gd, "git count-objects -v | sed -n 's/^in-pack: //p'"); got != "3" {
+	if got := testutil.GitSh(t, gd, "git count-objects -v | sed -n 's/^in-pack: //p'"); got != "3" {
 		t.Fatalf("objects in the pack: %s", got)
 	}
 }

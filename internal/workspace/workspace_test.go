@@ -15,6 +15,7 @@ import (
 	"github.com/kilnvm/kiln/internal/api"
 	"github.com/kilnvm/kiln/internal/guest"
 	"github.com/kilnvm/kiln/internal/system"
+	"github.com/kilnvm/kiln/internal/testutil"
 )
 
 // hostShellGuest stands in for a VM: it runs the guest scripts with the
@@ -34,25 +35,13 @@ func (g hostShellGuest) Exec(ctx context.Context, req guest.ExecRequest) (int, e
 	return 0, err
 }
 
-func sh(t *testing.T, dir, script string) string {
-	t.Helper()
-	cmd := exec.Command("/bin/sh", "-c", "set -e\n"+script)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_SYSTEM=/dev/null")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", script, err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
 // worktreeID is the tree id of a work tree as `git add -A` sees it
 // (content, executable bits, symlinks; ignored files left out), computed
 // with a temporary index.
 func worktreeID(t *testing.T, dir string) string {
 	t.Helper()
 	idx := filepath.Join(t.TempDir(), "index")
-	return sh(t, dir, "export GIT_INDEX_FILE="+idx+"\n[ -f .git/index ] && cp .git/index $GIT_INDEX_FILE\ngit add -A\ngit write-tree")
+	return testutil.GitSh(t, dir, "export GIT_INDEX_FILE="+idx+"\n[ -f .git/index ] && cp .git/index $GIT_INDEX_FILE\ngit add -A\ngit write-tree")
 }
 
 // newRepo makes a host repository with every kind of file, uncommitted
@@ -60,7 +49,7 @@ func worktreeID(t *testing.T, dir string) string {
 func newRepo(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
-	sh(t, filepath.Dir(dir), `git init -q -b main repo
+	testutil.GitSh(t, filepath.Dir(dir), `git init -q -b main repo
 cd repo
 git config user.name 'Ada Host'
 git config user.email ada@example.org
@@ -124,12 +113,12 @@ func TestPrepareAndExportRoundTrip(t *testing.T) {
 	}
 	// Shallow history at the host's HEAD, the host's identity, and a
 	// guest index that matches HEAD (the host's changes show as unstaged).
-	if got := sh(t, gdir, "git rev-parse HEAD; git config user.email; cat .git/shallow; git diff --cached --name-only | wc -l"); got != repo.Head+"\nada@example.org\n"+repo.Head+"\n0" {
+	if got := testutil.GitSh(t, gdir, "git rev-parse HEAD; git config user.email; cat .git/shallow; git diff --cached --name-only | wc -l"); got != repo.Head+"\nada@example.org\n"+repo.Head+"\n0" {
 		t.Fatalf("guest repo: %q", got)
 	}
 
 	// Work in the guest: a commit, then uncommitted edits of every kind.
-	sh(t, gdir, `git mv docs/old-name.txt docs/new-name.txt
+	testutil.GitSh(t, gdir, `git mv docs/old-name.txt docs/new-name.txt
 printf 'committed in the guest\n' > src/deep/keep.txt
 git commit -qam 'guest work'
 head -c 2000 /dev/urandom >> blob.bin
@@ -138,14 +127,14 @@ rm run.sh
 ln -sf ../run.sh src/deep/link2
 printf 'fresh\n' > fresh.txt
 printf 'ignored\n' > more.log`)
-	indexBefore := sh(t, gdir, "sha256sum .git/index")
+	indexBefore := testutil.GitSh(t, gdir, "sha256sum .git/index")
 
 	var patch bytes.Buffer
 	changes, err := Patch(ctx, g, gdir, "", &patch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sh(t, gdir, "sha256sum .git/index") != indexBefore {
+	if testutil.GitSh(t, gdir, "sha256sum .git/index") != indexBefore {
 		t.Fatal("export changed the guest's index")
 	}
 	got := map[string]string{}
@@ -167,7 +156,7 @@ printf 'ignored\n' > more.log`)
 	if err := CheckApplies(ctx, r, host, pf); err != nil {
 		t.Fatal(err)
 	}
-	sh(t, host, "git apply "+pf)
+	testutil.GitSh(t, host, "git apply "+pf)
 	if a, b := worktreeID(t, gdir), worktreeID(t, host); a != b {
 		t.Fatalf("after git apply: host tree %s != guest tree %s", b, a)
 	}
@@ -190,7 +179,7 @@ printf 'ignored\n' > more.log`)
 	if len(commits) != 1 || !strings.Contains(commits[0], "guest work") {
 		t.Fatalf("fetched commits: %q", commits)
 	}
-	if got := sh(t, host, "git rev-parse from-guest^"); got != repo.Head {
+	if got := testutil.GitSh(t, host, "git rev-parse from-guest^"); got != repo.Head {
 		t.Fatalf("branch parent %s, want %s", got, repo.Head)
 	}
 	if _, err := FetchBundle(ctx, r, host, bf, "from-guest"); !errors.Is(err, api.ErrAlreadyExists) {
@@ -206,7 +195,7 @@ func TestPrepareFailures(t *testing.T) {
 		t.Fatalf("not a repository: %v", err)
 	}
 	empty := t.TempDir()
-	sh(t, empty, "git init -q")
+	testutil.GitSh(t, empty, "git init -q")
 	if _, err := Inspect(ctx, r, empty); !errors.Is(err, api.ErrFailedPrecondition) {
 		t.Fatalf("no commit: %v", err)
 	}
@@ -257,8 +246,8 @@ func TestPrepareFrom(t *testing.T) {
 	ctx := context.Background()
 	r := system.ExecRunner{}
 	host := newRepo(t)
-	first := sh(t, host, "git rev-parse HEAD")
-	sh(t, host, "git add -A && git commit -qm second")
+	first := testutil.GitSh(t, host, "git rev-parse HEAD")
+	testutil.GitSh(t, host, "git add -A && git commit -qm second")
 	repo, err := Inspect(ctx, r, host)
 	if err != nil {
 		t.Fatal(err)
@@ -271,7 +260,7 @@ func TestPrepareFrom(t *testing.T) {
 	if p.Head != first || p.Branch != "topic" {
 		t.Fatalf("prepared %+v", p)
 	}
-	if got := sh(t, gdir, "git symbolic-ref --short HEAD; git rev-parse HEAD; git status --porcelain | wc -l; cat docs/gone.txt"); got != "topic\n"+first+"\n0\ngone" {
+	if got := testutil.GitSh(t, gdir, "git symbolic-ref --short HEAD; git rev-parse HEAD; git status --porcelain | wc -l; cat docs/gone.txt"); got != "topic\n"+first+"\n0\ngone" {
 		t.Fatalf("guest at --from: %q", got)
 	}
 }

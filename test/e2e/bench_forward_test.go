@@ -106,7 +106,7 @@ func TestBenchmarkForward(t *testing.T) {
 // dialIn connects to addr from inside ns.
 func dialIn(ns netns.NsHandle, addr string) (*net.TCPConn, error) {
 	var c net.Conn
-	err := inNS(ns, func() (err error) { c, err = net.DialTimeout("tcp4", addr, 10*time.Second); return err })
+	err := testutil.InNS(ns, func() (err error) { c, err = net.DialTimeout("tcp4", addr, 10*time.Second); return err })
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/kilnvm/kiln/internal/testutil"
 )
 
 // internetNS makes a stand-in "internet" host: a namespace joined to the
@@ -74,7 +76,7 @@ func internetNS(t *testing.T, daemonNS netns.NsHandle) {
 	}
 
 	var l net.Listener
-	if err := inNS(ins, func() (err error) { l, err = net.Listen("tcp4", "192.0.2.2:8000"); return err }); err != nil {
+	if err := testutil.InNS(ins, func() (err error) { l, err = net.Listen("tcp4", "192.0.2.2:8000"); return err }); err != nil {
 		t.Fatalf("listen in the internet namespace: %v", err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -128,31 +128,11 @@ func startNetDaemonVia(h *harness, via []string, extraEnv []string) error {
 	return fmt.Errorf("network daemon did not answer; log:\n%s", h.daemonLog())
 }
 
-// inNS runs fn on a thread inside ns (sockets made there live there).
-func inNS(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if netns.Set(orig) == nil {
-		runtime.UnlockOSThread()
-	}
-	return ferr
-}
-
 // resolve asks kiln's DNS server (on the bridge) for name, from inside ns.
 func resolve(t *testing.T, ns netns.NsHandle, name string) string {
 	t.Helper()
 	var r *dns.Msg
-	err := inNS(ns, func() (err error) {
+	err := testutil.InNS(ns, func() (err error) {
 		m := new(dns.Msg)
 		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
 		r, _, err = (&dns.Client{Timeout: 3 * time.Second}).Exchange(m, "10.231.0.1:53")
@@ -252,7 +232,7 @@ func TestNetworkNamesHTTPAndCleanup(t *testing.T) {
 	}
 	var body string
 	testutil.WaitFor(t, 30*time.Second, "the guest's httpd", func() bool {
-		return inNS(ns, func() error {
+		return testutil.InNS(ns, func() error {
 			c, err := net.DialTimeout("tcp4", addr+":8080", 2*time.Second)
 			if err != nil {
 				return err

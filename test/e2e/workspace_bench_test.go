@@ -107,6 +107,6 @@ func benchRepo(t *testing.T, n int) string {
 			t.Fatal(err)
 		}
 	}
-	wsSh(t, dir, "git init -q -b main && git config user.name bench && git config user.email bench@example.org && git add -A && git commit -qm files")
+	testutil.GitSh(t, dir, "git init -q -b main && git config user.name bench && git config user.email bench@example.org && git add -A && git commit -qm files")
 	return dir
 }

@@ -26,26 +26,12 @@ func gitImage(t *testing.T, h *harness) string {
 	return "gitimg"
 }
 
-// wsSh runs a shell script on the host in dir with git's global and
-// system configuration out of the way.
-func wsSh(t *testing.T, dir, script string) string {
-	t.Helper()
-	cmd := exec.Command("/bin/sh", "-c", "set -e\n"+script)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_SYSTEM=/dev/null")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", script, err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
 // wsRepo makes a host repository with every kind of file, uncommitted
 // changes, an untracked and an ignored file.
 func wsRepo(t *testing.T) string {
 	t.Helper()
 	parent := t.TempDir()
-	wsSh(t, parent, `git init -q -b main repo
+	testutil.GitSh(t, parent, `git init -q -b main repo
 cd repo
 git config user.name 'Ada Host'
 git config user.email ada@example.org
@@ -97,7 +83,7 @@ func TestWorkspacePrepareExportRoundTrip(t *testing.T) {
 	}
 	// exec runs in the workspace; the guest's tree is the host's as on disk.
 	r := h.mustKiln(t, "vm", "exec", "ws1", "--", "sh", "-c", "pwd; git config user.email; test ! -e debug.log && test -x run.sh && readlink link; "+treeScript)
-	hostTree := wsSh(t, repo, treeScript)
+	hostTree := testutil.GitSh(t, repo, treeScript)
 	if want := "/root/repo\nada@example.org\nsrc/hello.txt\n" + hostTree + "\n"; r.stdout != want {
 		t.Fatalf("guest workspace:\n%q\nwant\n%q", r.stdout, want)
 	}
@@ -149,9 +135,9 @@ printf 'ignored\n' > more.log`)
 	if fi, err := os.Stat(patch + ".j"); err != nil || fi.Size() != listed.Bytes || statuses["fresh.txt"] != "A" || statuses["run.sh"] != "D" || statuses["blob.bin"] != "M" {
 		t.Fatalf("export --json: %+v (patch file: %v %v)", listed, fi, err)
 	}
-	wsSh(t, repo, "git apply "+patch)
+	testutil.GitSh(t, repo, "git apply "+patch)
 	guestTree := strings.TrimSpace(h.mustKiln(t, "vm", "exec", "ws1", "--", "sh", "-c", treeScript).stdout)
-	if got := wsSh(t, repo, treeScript); got != guestTree {
+	if got := testutil.GitSh(t, repo, treeScript); got != guestTree {
 		t.Fatalf("after git apply the host's tree is %s, the guest's %s", got, guestTree)
 	}
 	// Now the host holds the changes: exporting again conflicts, said so.
@@ -168,7 +154,7 @@ printf 'ignored\n' > more.log`)
 	if !strings.Contains(r.stderr, "warning: ") || !strings.Contains(r.stderr, "not in branch from-guest") || !strings.Contains(r.stderr, "fresh.txt") {
 		t.Fatalf("branch export does not warn about uncommitted changes: %s", r)
 	}
-	if got := wsSh(t, repo, "git log --format=%an:%s -1 from-guest"); got != "Ada Host:guest work" {
+	if got := testutil.GitSh(t, repo, "git log --format=%an:%s -1 from-guest"); got != "Ada Host:guest work" {
 		t.Fatalf("host branch head: %q", got)
 	}
 	if r := h.kiln(t, "vm", "workspace", "export", "ws1", "--branch", "from-guest"); r.code != 11 {
