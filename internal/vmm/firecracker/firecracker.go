@@ -129,8 +129,14 @@ func (d *Driver) lookBinary() (string, error) {
 		"install Firecracker (github.com/firecracker-microvm/firecracker releases) or set firecracker_binary in the config")
 }
 
-// Version runs `firecracker --version`.
+// Version is the binary's release, read once with `firecracker --version`
+// (Probe, boot and `kiln doctor` all ask).
 func (d *Driver) Version(ctx context.Context) (Release, error) {
+	return d.release(ctx)
+}
+
+// readVersion runs `firecracker --version`; release caches its answer.
+func (d *Driver) readVersion(ctx context.Context) (Release, error) {
 	bin, err := d.lookBinary()
 	if err != nil {
 		return Release{}, err

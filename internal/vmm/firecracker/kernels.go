@@ -60,7 +60,7 @@ func (d *Driver) release(ctx context.Context) (Release, error) {
 	if ok {
 		return r, nil
 	}
-	r, err := d.Version(ctx)
+	r, err := d.readVersion(ctx)
 	if err != nil {
 		return Release{}, err
 	}
